@@ -1,0 +1,44 @@
+"""Provenance written next to every benchmark figure: command, revision, machine, versions."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance() -> dict:
+    versions = {}
+    for pkg in ("torch", "ray", "transformers", "tokenizers", "pyarrow", "duckdb", "seqeval"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "git_revision": _git("rev-parse", "HEAD") + (" (dirty)" if dirty else ""),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu,
+                    "python": platform.python_version()},
+        "versions": versions,
+    }

@@ -1,0 +1,344 @@
+"""Every file in sql/ on a tiny hand-made store whose answers were worked out by hand.
+
+The store (``build_store``) also serves tests/test_report.py. es round 0 holds one sentence per
+error category of boundary_errors.sql; the expected numbers below are counted in the comments.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import duckdb
+import numpy as np
+import pytest
+
+from xner_ray import scores, sqlshell
+from xner_ray.records import Reject
+from xner_ray.selectors import ConfidenceThreshold
+from xner_ray.store import Store
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+
+# sent_id: (tokens, gold tags or None, round-0 predicted tags, round-0 confidence)
+ES = {
+    "s1": ("Juan vive en Madrid .", "B-PER O O B-LOC O", "B-PER O O B-LOC O", 0.92),  # 2 exact
+    "s2": ("La ONU y Ana Pérez", "O B-ORG O B-PER I-PER", "O B-LOC O B-PER O", 0.42),  # type, sub
+    "s3": ("Banco de España abre", "B-ORG I-ORG I-ORG O", "B-ORG I-ORG O O", 0.77),  # sub
+    "s4": ("Hola", None, "B-MISC", 0.56),  # no gold: left out of P/R/F1
+    "s5": ("el presidente Obama habló", "O O B-PER O", "O B-PER I-PER O", 0.88),  # super
+    "s6": ("en Nueva York City hoy", "O B-LOC I-LOC O O", "O O B-LOC I-LOC O", 0.31),  # drifted
+    "s7": ("Rey Felipe VI dijo", "O B-PER I-PER O", "O O O B-PER", 0.97),  # adjacent
+    # spurious MISC [0,1); orphan I-ORG is no entity (strict); both gold spans missed
+    "s8": ("ayer Lima ganó Perú", "O B-LOC O B-ORG", "B-MISC O O I-ORG", 0.12),
+    "s9": ("la Casa Blanca dijo", "O B-LOC I-LOC O", "O B-ORG O O", 0.66),  # type_boundary
+}
+ES_ROUND1 = {"s1": ("B-PER O O B-ORG O", 0.95), "s2": ("O B-ORG O B-PER I-PER", 0.70),
+             "s3": ("B-ORG I-ORG I-ORG O", 0.50)}
+NL = {"n1": ("Jan woont in Gent", None, "B-PER O O B-LOC", 0.81), "n2": ("Hallo", None, "O", 0.99)}
+THRESHOLD = 0.6  # selects s1 s3 s5 s7 s9 (es r0), s1 s2 (es r1), n1 n2
+
+
+def _probs(tags: list[str], conf: float) -> np.ndarray:
+    """Soft labels whose top probability is ``conf`` on each predicted tag (RIKD Eq. 5 = conf)."""
+    p = np.full((len(tags), len(LABELS)), (1 - conf) / (len(LABELS) - 1), dtype=np.float32)
+    p[np.arange(len(tags)), [LABELS.index(t) for t in tags]] = conf
+    return p
+
+
+def pseudo_batch(rows: dict[str, tuple[str, float]], teacher: str) -> dict:
+    ids = list(rows)
+    tags = [rows[i][0].split() for i in ids]
+    probs = [_probs(t, rows[i][1]) for t, i in zip(tags, ids)]
+    batch = {"sent_id": ids, "teacher": [teacher] * len(ids), "tags": tags,
+             "probs": np.array(probs + [None], dtype=object)[:-1],
+             **scores.score_batch(probs, tags, LABELS)}
+    return ConfidenceThreshold(THRESHOLD)(batch)
+
+
+def _sentences(data: dict) -> list[dict]:
+    return [{"sent_id": k, "source": "hand", "tokens": v[0].split(),
+             "gold_tags": v[1].split() if v[1] else None} for k, v in data.items()]
+
+
+def build_store(root) -> Store:
+    store = Store(root)
+    store.record_run("r1", "rikd", {"rounds": 2, "langs": ["es", "nl"]})
+    with store.round_writer("r1", "es", 0, labels=LABELS) as w:
+        w.write_sentences(_sentences(ES))
+        w.write_pseudo_labels(pseudo_batch({k: (v[2], v[3]) for k, v in ES.items()}, "t@0"))
+        w.write_rejects([Reject("f1.txt", 7, "malformed_line", "b b"),
+                         Reject("f1.txt", 3, "malformed_line", "a a"),
+                         Reject("f2.txt", 1, "invalid_bio", "x B-PER")])
+        w.write_projections([
+            {"pair_id": "p1", "src_tokens": ["John"], "tgt_tokens": ["Juan"],
+             "src_entities": [{"start": 0, "end": 1, "type": "PER"}],
+             "tgt_spans": [{"start": 0, "end": 1, "type": "PER", "score": 0.9}],
+             "alignment_score": 0.9, "status": "ok"},
+            {"pair_id": "p2", "src_tokens": ["in", "Paris"], "tgt_tokens": ["en", "París"],
+             "src_entities": [{"start": 1, "end": 2, "type": "LOC"}],
+             "tgt_spans": [{"start": 1, "end": 2, "type": "LOC", "score": 0.7}],
+             "alignment_score": 0.7, "status": "ok"},
+            {"pair_id": "p3", "src_tokens": ["IBM"], "tgt_tokens": ["eso"],
+             "src_entities": [{"start": 0, "end": 1, "type": "ORG"}], "tgt_spans": [],
+             "alignment_score": 0.1, "status": "unmapped"}])
+    with store.round_writer("r1", "es", 1, labels=LABELS) as w:
+        w.write_pseudo_labels(pseudo_batch(ES_ROUND1, "t@1"))
+    with store.round_writer("r1", "nl", 0, labels=LABELS) as w:
+        w.write_sentences(_sentences(NL))
+        w.write_pseudo_labels(pseudo_batch({k: (v[2], v[3]) for k, v in NL.items()}, "t@0"))
+        w.write_rejects([Reject("nl.txt", 2, "empty_sentence", "")])
+    store.update_run("r1", round=0, metrics={"f1": 0.5})
+    store.update_run("r1", status="succeeded")
+    return store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    return build_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module", params=["read_only", "plain_duckdb"])
+def con(request, store):
+    """Each question runs twice: through sqlshell.connect (read-only, Arrow views) and through
+    plain DuckDB with sql/_views.sql and a `store` variable, as a user without the package."""
+    if request.param == "read_only":
+        return sqlshell.connect(store.root)
+    con = duckdb.connect()
+    con.execute("SET VARIABLE store = ?", [store.root])
+    for st in con.extract_statements((sqlshell.sql_dir() / "_views.sql").read_text()):
+        con.execute(st.query)
+    return con
+
+
+def q(con, name: str, **params) -> list[dict]:
+    for k in ("round_a", "round_b", "top_k"):
+        con.execute(f"RESET VARIABLE {k}")
+    return sqlshell.run_sql(con, name, params, output="arrow").to_pylist()
+
+
+def by(rows, *keys):
+    return {tuple(r[k] for k in keys): r for r in rows}
+
+
+def test_views_file_is_generated():
+    assert (sqlshell.sql_dir() / "_views.sql").read_text() == sqlshell.views_sql()
+
+
+def test_every_question_has_a_header_and_a_test():
+    files = sqlshell.sql_files()
+    for name, path in files.items():
+        text = path.read_text()
+        assert text.startswith("-- Question:") and "-- Output columns:" in text, name
+    tested = {"sentences_entities", "label_distribution", "confidence_histogram",
+              "selection_summary", "top_entities", "label_flips", "pseudo_label_prf",
+              "boundary_errors", "rejects_per_reason", "projection_status", "runs_overview"}
+    assert set(files) == tested
+
+
+def test_sentences_entities(con):
+    rows = by(q(con, "sentences_entities"), "lang", "round")
+    es0 = rows[("es", 0)]
+    # words 5+5+4+1+4+5+4+4+4; entities = B- tags: 2+2+1+1+1+1+1+1+1
+    assert (es0["sentences"], es0["words"], es0["entities"]) == (9, 36, 11)
+    assert (es0["selected_sentences"], es0["selected_entities"], es0["input_sentences"]) == (
+        5, 6, 9)
+    assert (rows[("es", 1)]["sentences"], rows[("es", 1)]["input_sentences"]) == (3, 0)
+    assert rows[("nl", 0)]["entities"] == 2
+
+
+def test_label_distribution(con):
+    rows = by(q(con, "label_distribution"), "lang", "round", "tag")
+    o = rows[("es", 0, "O")]  # 36 words, 21 of them O; selected rows: 21 words, 13 O
+    assert (o["words"], o["share"], o["selected_words"]) == (21, pytest.approx(21 / 36), 13)
+    assert o["selected_share"] == pytest.approx(13 / 21)
+    assert rows[("es", 0, "I-ORG")]["words"] == 2  # s3 and the orphan in s8
+    assert rows[("es", 0, "B-MISC")]["selected_words"] == 0
+
+
+def test_confidence_histogram(con):
+    rows = q(con, "confidence_histogram")
+    assert len(rows) == 20 * 3  # every bin of es/0, es/1, nl/0
+    es0 = {r["bin"]: (r["sentences"], r["selected"]) for r in rows
+           if (r["lang"], r["round"]) == ("es", 0) and r["sentences"]}
+    assert es0 == {18: (1, 1), 8: (1, 0), 15: (1, 1), 11: (1, 0), 17: (1, 1), 6: (1, 0),
+                   19: (1, 1), 2: (1, 0), 13: (1, 1)}
+    assert rows[0]["bin_lo"] == 0 and rows[19]["bin_hi"] == pytest.approx(1.0)
+
+
+def test_selection_summary(con):
+    rows = by(q(con, "selection_summary"), "lang", "round", "selected")
+    kept, dropped = rows[("es", 0, True)], rows[("es", 0, False)]
+    assert (kept["sentences"], dropped["sentences"]) == (5, 4)
+    assert kept["share"] == pytest.approx(5 / 9)
+    assert kept["selector"] == "confidence.v1(threshold=0.6)"
+    assert kept["avg_confidence"] == pytest.approx((0.92 + 0.77 + 0.88 + 0.97 + 0.66) / 5,
+                                                   abs=1e-6)
+    assert dropped["avg_confidence"] == pytest.approx((0.42 + 0.56 + 0.31 + 0.12) / 4, abs=1e-6)
+    assert kept["avg_agreement"] is None
+    assert ("nl", 0, False) not in rows
+
+
+def test_top_entities(con):
+    rows = by(q(con, "top_entities"), "lang", "round", "type", "entity")
+    assert rows[("es", 0, "PER", "presidente Obama")]["predictions"] == 1
+    assert rows[("es", 0, "ORG", "Banco de")]["selected_predictions"] == 1
+    assert ("es", 0, "ORG", "Perú") not in rows  # orphan I-ORG is no entity
+    assert {k[3] for k in rows if k[:3] == ("es", 0, "PER")} == {
+        "Juan", "Ana", "presidente Obama", "dijo"}
+    assert ("es", 1, "ORG", "Banco de España") in rows  # round 1 joins round-0 sentences
+    top1 = q(con, "top_entities", top_k=1)
+    assert all(r["rank"] == 1 for r in top1)
+    assert len(top1) == len({(r["lang"], r["round"], r["type"]) for r in top1})
+
+
+def test_label_flips(con):
+    rows = by(q(con, "label_flips"), "lang", "tag_a", "tag_b")
+    assert set(rows) == {("es", "B-LOC", "B-ORG"), ("es", "O", "I-PER"), ("es", "O", "I-ORG")}
+    assert rows[("es", "B-LOC", "B-ORG")]["words"] == 2  # s1 Madrid, s2 ONU
+    assert rows[("es", "B-LOC", "B-ORG")]["share_of_tag_a"] == 1.0
+    assert rows[("es", "O", "I-PER")]["share_of_tag_a"] == pytest.approx(1 / 8)  # 8 O in s1-s3
+    assert (rows[("es", "O", "I-PER")]["round_a"], rows[("es", "O", "I-PER")]["round_b"]) == (
+        0, 1)
+    assert q(con, "label_flips", round_a=1, round_b=1) == []
+    assert len(q(con, "label_flips", round_a=1, round_b=0)) == 3
+
+
+EXPECTED_PRF = {  # (gold, pred, correct): selected s1 s3 s5 s7 s9; other s2 s6 s8
+    "selected": (6, 6, 2), "other": (5, 4, 0), "all": (11, 10, 2)}
+
+
+def test_pseudo_label_prf(con):
+    rows = by(q(con, "pseudo_label_prf"), "lang", "round", "bucket")
+    assert {k for k in rows} == {("es", 0, b) for b in EXPECTED_PRF} | {
+        ("es", 1, b) for b in ("selected", "other", "all")}
+    for bucket, (g, p, c) in EXPECTED_PRF.items():
+        r = rows[("es", 0, bucket)]
+        assert (r["gold_entities"], r["pred_entities"], r["correct"]) == (g, p, c)
+    allr = rows[("es", 0, "all")]
+    assert (allr["precision"], allr["recall"]) == (pytest.approx(0.2), pytest.approx(2 / 11))
+    assert allr["f1"] == pytest.approx(4 / 21)
+    assert rows[("es", 0, "other")]["f1"] == 0
+    # round 1: s2, s3 equal gold; s1 has ORG for the gold LOC -> gold 5, pred 5, correct 4
+    assert rows[("es", 1, "all")]["f1"] == pytest.approx(0.8)
+
+
+def test_pseudo_label_prf_matches_seqeval(con):
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
+    gold = [ES[k][1].split() for k in ES if ES[k][1]]
+    pred = [ES[k][2].split() for k in ES if ES[k][1]]
+    row = by(q(con, "pseudo_label_prf"), "lang", "round", "bucket")[("es", 0, "all")]
+    kw = dict(mode="strict", scheme=IOB2)
+    assert row["precision"] == pytest.approx(precision_score(gold, pred, **kw))
+    assert row["recall"] == pytest.approx(recall_score(gold, pred, **kw))
+    assert row["f1"] == pytest.approx(f1_score(gold, pred, **kw))
+
+
+def test_bio_spans_matches_seqeval_on_random_tags():
+    """Random (often invalid) tag sequences: the SQL macro and seqeval strict agree."""
+    from seqeval.scheme import IOB2, Entities
+
+    rng = random.Random(0)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    seqs = [[rng.choice(tags) for _ in range(rng.randint(0, 9))] for _ in range(300)]
+    con = sqlshell.connect(Store("/nonexistent-store-root"))
+    got = [[(s["start"], s["end"], s["type"]) for s in con.execute(
+        "SELECT bio_spans(?::VARCHAR[])", [t]).fetchone()[0]] for t in seqs]
+    want = [[(e.start, e.end, e.tag) for e in ents]
+            for ents in Entities(seqs, IOB2, suffix=False).entities]
+    assert got == want
+
+
+def test_boundary_errors(con):
+    rows = {r["category"]: r for r in q(con, "boundary_errors") if r["lang"] == "es"
+            and r["round"] == 0}
+    counts = {k: r["errors"] for k, r in rows.items()}
+    assert counts == {"type": 1, "sub": 2, "super": 1, "drifted": 1, "adjacent": 1,
+                      "type_boundary": 1, "spurious": 1, "missed": 2}
+    assert rows["sub"]["share"] == pytest.approx(2 / 10)
+    assert {k for k, r in rows.items() if r["boundary"]} == {"super", "sub", "drifted",
+                                                              "adjacent"}
+
+
+def test_rejects_per_reason(con):
+    rows = by(q(con, "rejects_per_reason"), "lang", "reason")
+    m = rows[("es", "malformed_line")]
+    assert (m["rejects"], m["files"], m["example_path"], m["example_line"], m["example_raw"]) \
+        == (2, 1, "f1.txt", 3, "a a")
+    assert rows[("es", "invalid_bio")]["rejects"] == 1
+    assert rows[("nl", "empty_sentence")]["rejects"] == 1
+
+
+def test_projection_status(con):
+    rows = by(q(con, "projection_status"), "lang", "status")
+    assert (rows[("es", "ok")]["pairs"], rows[("es", "unmapped")]["pairs"]) == (2, 1)
+    assert rows[("es", "ok")]["avg_alignment_score"] == pytest.approx(0.8, abs=1e-6)
+    assert rows[("es", "unmapped")]["projected_spans"] == 0
+
+
+def test_runs_overview(con):
+    (run,) = q(con, "runs_overview")
+    assert (run["run_id"], run["job"], run["status"], run["rounds_with_metrics"]) == (
+        "r1", "rikd", "succeeded", 1)
+    assert run["seconds"] >= 0 and json.loads(run["metrics"]) == {"0": {"f1": 0.5}}
+
+
+def test_read_only_connection_refuses_writes(store, tmp_path):
+    con = sqlshell.connect(store.root)
+    target = tmp_path / "out.parquet"
+    for stmt in [f"COPY (SELECT * FROM pseudo_labels) TO '{target}'",
+                 f"COPY pseudo_labels TO '{store.root}/pseudo_labels/x.parquet'",
+                 f"ATTACH '{tmp_path / 'x.db'}' AS x",
+                 "SET enable_external_access = true",
+                 "SET lock_configuration = false",
+                 "SELECT * FROM read_csv('/etc/hostname')"]:
+        with pytest.raises(duckdb.Error):
+            con.execute(stmt)
+    with pytest.raises(duckdb.Error):
+        con.execute("INSERT INTO pseudo_labels SELECT * FROM pseudo_labels")
+    assert not target.exists() and not (tmp_path / "x.db").exists()
+    assert con.execute("SELECT count(*) FROM pseudo_labels").fetchone() == (14,)
+
+
+def test_views_have_the_same_types_both_ways(store):
+    ro = sqlshell.connect(store.root)
+    rw = sqlshell.connect(store.root, read_only=False)
+    for view in sqlshell.VIEWS:
+        assert ro.execute(f"DESCRIBE {view}").fetchall() == rw.execute(
+            f"DESCRIBE {view}").fetchall(), view
+
+
+def test_cli_formats_and_files(store, capsys):
+    assert sqlshell.main_sql(["--store", store.root, "--format", "json",
+                              "SELECT lang, count(*) AS n FROM pseudo_labels GROUP BY 1 "
+                              "ORDER BY 1"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"lang": "es", "n": 12}, {"lang": "nl", "n": 2}]
+    assert sqlshell.main_sql(["--store", store.root, "--file", "rejects_per_reason",
+                              "--format", "csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("run_id,lang,round,reason,rejects") and len(out) == 4
+    path = sqlshell.sql_dir() / "label_flips.sql"
+    assert sqlshell.main_sql(["--store", store.root, "-f", str(path), "-p", "round_a=1",
+                              "-p", "round_b=0", "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert sqlshell.main_sql(["--store", store.root, "SELECT * FROM nope"]) == 1
+
+
+def test_interactive_shell(store, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO(
+        ".tables\nSELECT count(*) AS n\n  FROM sentences;\nSELECT nope;\n.quit\nSELECT 1;\n"))
+    assert sqlshell.main_sql(["--store", store.root, "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert "pseudo_labels" in out and "n\n11" in out and "error:" in out
+    assert out.count("\n1\n") == 0  # nothing after .quit ran
+
+
+def test_cli_plugs_into_xner(store, capsys):
+    from xner_ray.cli import main
+
+    assert main(["sql", "--store", store.root, "--format", "csv",
+                 "SELECT count(*) AS n FROM runs"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n", "1"]

@@ -1,0 +1,70 @@
+"""Teacher training through Ray Train on a real local cluster, then `xner evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xner_ray.demo import sample_path
+
+
+def _slice(src, dst, n):
+    blocks = src.read_text(encoding="utf-8").split("\n\n")[:n]
+    dst.write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
+    return dst
+
+
+@pytest.mark.slow
+def test_train_teacher_with_ray_train_then_evaluate(ray_cluster, tiny_model_dir, tmp_path, capsys):
+    from xner_ray.cli import main
+    from xner_ray.evaluate import evaluate_model
+    from xner_ray.train.teacher import TeacherConfig, train_teacher
+
+    train = _slice(sample_path("en.train.txt"), tmp_path / "train.txt", 96)
+    dev = _slice(sample_path("en.dev.txt"), tmp_path / "dev.txt", 40)
+    # one broken line: the sentence is rejected and written out, training goes on
+    dev.write_text(dev.read_text() + "en:Broken\n\n", encoding="utf-8")
+    out = tmp_path / "teacher"
+    cfg = TeacherConfig(train=str(train), dev=str(dev), out=str(out), model=str(tiny_model_dir),
+                        epochs=2, batch_size=16, lr=1e-3)
+    assert train_teacher(cfg) == out
+
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["label2id"] == {"O": 0, "B-LOC": 1, "I-LOC": 2, "B-ORG": 3, "I-ORG": 4,
+                                "B-PER": 5, "I-PER": 6}
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["n_train"] == 96 and summary["n_dev"] == 40
+    assert summary["rejects"]["dev"] == {"malformed_line": 1}
+    assert summary["best"]["epoch"] in (1, 2) and summary["best"]["step"] in (6, 12)
+    rejected = [json.loads(l) for l in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["raw"]) for r in rejected] == [
+        ("malformed_line", "en:Broken")]
+    ckpts = sorted(p.name for p in (out / "_checkpoints").rglob("checkpoint_*") if p.is_dir())
+    assert len(ckpts) == 2  # one per epoch, both kept (keep_checkpoints=2)
+
+    # the dev F1 reported during training is the one `xner evaluate` computes on the same file
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(dev), "--lang", "en"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"precision", "recall", "f1", "n_sentences"} <= set(last)
+    assert last["n_sentences"] == 40 and 0.0 <= last["f1"] <= 1.0
+    assert last["f1"] == pytest.approx(summary["best"]["dev_f1"], abs=1e-9)
+    assert last == {**evaluate_model(str(out), str(dev), lang="en"), "per_type": last["per_type"]}
+
+
+def test_bad_teacher_input_is_a_clear_error(ray_cluster, tiny_model_dir, tmp_path):
+    from xner_ray.train.teacher import TeacherConfig, train_teacher
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="no usable sentences"):
+        train_teacher(TeacherConfig(train=str(empty), dev=str(empty), out=str(tmp_path / "o"),
+                                    model=str(tiny_model_dir)))
+    train = _slice(sample_path("en.train.txt"), tmp_path / "train.txt", 20)
+    dev = tmp_path / "dev.txt"
+    dev.write_text("Lagos B-DATE\n\n")
+    with pytest.raises(ValueError, match=r"dev tags \['B-DATE'\] never occur in train"):
+        train_teacher(TeacherConfig(train=str(train), dev=str(dev), out=str(tmp_path / "o"),
+                                    model=str(tiny_model_dir)))

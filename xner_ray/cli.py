@@ -1,0 +1,111 @@
+"""``xner``: the command line. Each subcommand parses, then calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from xner_ray.models.builtin import builtin_model_path
+
+    print(builtin_model_path(args.name))
+    return 0
+
+
+def _cmd_train_teacher(args: argparse.Namespace) -> int:
+    from xner_ray import config
+    from xner_ray.cluster import init_ray
+    from xner_ray.train.teacher import TeacherConfig, train_teacher
+
+    cfg = config.from_args(TeacherConfig, args, config.load_file(args.config))
+    if args.dry_run:
+        print(config.dump(cfg))
+        return 0
+    init_ray(args.address)
+    out = train_teacher(cfg)
+    print(json.dumps({"model": str(out)}))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from xner_ray.evaluate import evaluate_model
+
+    result = evaluate_model(args.model, args.data, lang=args.lang, batch_size=args.batch_size,
+                            device=args.device, label_map=args.label_map)
+    per_type = result.pop("per_type")
+    for name, m in sorted(per_type.items()):
+        print(f"{name:>8}  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}  "
+              f"support {m['support']}")
+    result["per_type"] = per_type
+    print(json.dumps(result))  # the last line is one JSON object (contract)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from xner_ray.demo import run_demo
+
+    run_demo(args.out, address=args.address)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from xner_ray import config
+    from xner_ray.train.teacher import TeacherConfig
+
+    p = argparse.ArgumentParser(prog="xner", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="INFO-level logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("model", help="embedded models")
+    m.add_argument("kind", choices=["builtin"])
+    m.add_argument("name", choices=["me5-small"])
+    m.set_defaults(func=_cmd_model)
+
+    t = sub.add_parser("train-teacher", help="fine-tune a teacher with Ray Train")
+    t.add_argument("--config", help="YAML/JSON file with TeacherConfig keys (flags override)")
+    t.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    config.add_dataclass_args(t, TeacherConfig, defaults_none=True)
+    t.set_defaults(func=_cmd_train_teacher)
+
+    e = sub.add_parser("evaluate", help="seqeval entity P/R/F1 of a model on a CoNLL file")
+    e.add_argument("--model", required=True, help="model folder (or HF name)")
+    e.add_argument("--data", required=True, help="CoNLL file(s)")
+    e.add_argument("--lang", help="language code reported with the scores")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--device", help="cpu / cuda (default: cuda if available)")
+    e.add_argument("--label-map", help="map gold labels first, e.g. 'drop:DATE'")
+    e.set_defaults(func=_cmd_evaluate)
+
+    d = sub.add_parser("demo", help="train and evaluate on the bundled sample (a few minutes)")
+    d.add_argument("--out", default="outputs/demo", help="output folder")
+    d.add_argument("--address", help="Ray cluster address (default: local)")
+    d.set_defaults(func=_cmd_demo)
+
+    for mod, fn in (("xner_ray.sqlshell", "add_sql_parser"), ("xner_ray.report", "add_report_parser")):
+        try:
+            getattr(__import__(mod, fromlist=[fn]), fn)(sub)
+        except (ImportError, AttributeError):
+            pass  # optional subcommands not built yet
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input or config: one clear line, no traceback from deep inside.
+        print(f"xner {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Connecting to Ray and deriving resources from the cluster (never hard-coded).
+
+Library code never calls ``ray.init`` on its own; entry points (CLI, jobs) call
+:func:`init_ray` once. Resources are read off the cluster: on a 2-core laptop an actor or
+training worker that asks for a whole CPU starves Ray Data's read tasks and the job hangs
+(PLATFORM.md), so CPU-only workers ask for fractions and leave room for the data pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+
+def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
+             quiet: bool = True) -> None:
+    """Join the cluster at ``address`` / ``$RAY_ADDRESS`` or start a local one in-process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(log_to_driver=True, configure_logging=True,
+                  logging_level=logging.WARNING if quiet else logging.INFO)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # A private in-process cluster: no dashboard (it is a network service), nothing
+        # listening beyond localhost.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+
+
+def cluster_cpus_gpus() -> tuple[float, float]:
+    import ray
+
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    num_workers: int
+    cpus_per_worker: float
+    use_gpu: bool
+    torch_threads: int
+
+
+def derive_workers(num_workers: Optional[int] = None, use_gpu: Optional[bool] = None,
+                   *, reserve_cpus: Optional[float] = None) -> WorkerResources:
+    """Training/inference worker layout for the connected cluster.
+
+    GPU clusters: one worker per GPU with an equal share of the CPUs. CPU clusters: ``reserve``
+    CPUs (default a quarter of the cluster, at least 0.5) stay free for Ray Data tasks; the rest
+    is split across the workers in half-CPU steps.
+    """
+    cpus, gpus = cluster_cpus_gpus()
+    if cpus <= 0:
+        raise RuntimeError("the Ray cluster reports no CPUs")
+    gpu = bool(gpus >= 1) if use_gpu is None else use_gpu
+    if gpu and gpus < 1:
+        raise ValueError("use_gpu=True but the cluster has no GPU")
+    reserve = max(0.5, cpus / 4) if reserve_cpus is None else reserve_cpus
+    if gpu:
+        n = num_workers or int(gpus)
+        per = max(0.5, math.floor(2 * (cpus - reserve) / n) / 2)
+    else:
+        n = num_workers or 1
+        per = max(0.5, math.floor(2 * (cpus - reserve) / n) / 2)
+    if n * per > cpus:
+        raise ValueError(f"{n} workers x {per} CPU do not fit a cluster of {cpus:g} CPUs")
+    return WorkerResources(n, per, gpu, torch_threads=max(1, int(per)))

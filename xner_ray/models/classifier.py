@@ -1,0 +1,177 @@
+"""Token classifier: any Hugging Face encoder + a linear head, labels on first sub-words.
+
+Follows transformers' ``run_ner`` conventions: ``label2id``/``id2label`` in the model config,
+``-100`` on special tokens and on every sub-word but the first of a word. Weights are loaded as
+safetensors only (never by unpickling a file a user did not make) and without remote code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # ignored by torch's cross-entropy; run_ner's convention
+
+
+def resolve(name_or_path: str) -> str:
+    """``builtin:me5-small`` -> local converted folder; anything else unchanged."""
+    if not str(name_or_path).startswith("builtin:"):
+        return str(name_or_path)
+    from xner_ray.models.builtin import resolve_model
+
+    return resolve_model(name_or_path)
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=False)
+    if not getattr(tok, "is_fast", False):
+        # word_ids() -- our sub-word to word alignment -- exists only on fast tokenizers.
+        raise ValueError(f"{name_or_path}: a fast (Rust) tokenizer is required for word alignment")
+    return tok
+
+
+def load_token_classifier(
+    name_or_path: str,
+    labels: Optional[Sequence[str]] = None,
+    *,
+    layers: Optional[int] = None,
+    freeze_embeddings: bool = False,
+    freeze_layers: int = 0,
+):
+    """Load an encoder with a token-classification head.
+
+    ``labels`` (run_ner order) is required when the checkpoint has no head yet; for a trained
+    NER checkpoint it defaults to the label set stored in its config and, if given, must match.
+    ``layers`` keeps only the bottom N transformer layers (fast CPU runs). The papers freeze the
+    embeddings and the bottom 3 layers (``freeze_embeddings=True, freeze_layers=3``).
+    """
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    path = resolve(name_or_path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    stored = _stored_labels(config)
+    if labels is None:
+        if stored is None:
+            raise ValueError(f"{name_or_path} has no NER head: pass the label list to train one")
+        labels = stored
+    labels = list(labels)
+    if stored is not None and stored != labels:
+        raise ValueError(f"{name_or_path} was trained on labels {stored}, not {labels}")
+    kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                  label2id={l: i for i, l in enumerate(labels)})
+    if layers is not None:
+        total = config.num_hidden_layers
+        if not 1 <= layers <= total:
+            raise ValueError(f"layers must be in 1..{total} for {name_or_path}, got {layers}")
+        kwargs["num_hidden_layers"] = layers
+    model = AutoModelForTokenClassification.from_pretrained(
+        path, use_safetensors=True, trust_remote_code=False, **kwargs)
+    freeze(model, embeddings=freeze_embeddings, bottom_layers=freeze_layers)
+    return model
+
+
+def _stored_labels(config) -> Optional[list[str]]:
+    id2label = getattr(config, "id2label", None) or {}
+    names = [id2label[i] for i in sorted(id2label)]
+    # A config without a trained head carries transformers' placeholder names LABEL_0..
+    if not names or all(str(n).startswith("LABEL_") for n in names):
+        return None
+    return names
+
+
+def freeze(model, *, embeddings: bool, bottom_layers: int) -> None:
+    base = model.base_model
+    if embeddings:
+        for p in base.embeddings.parameters():
+            p.requires_grad_(False)
+    if bottom_layers:
+        layer_list = base.encoder.layer
+        if bottom_layers > len(layer_list):
+            raise ValueError(f"cannot freeze {bottom_layers} of {len(layer_list)} layers")
+        for layer in layer_list[:bottom_layers]:
+            for p in layer.parameters():
+                p.requires_grad_(False)
+
+
+@dataclass
+class EncodedBatch:
+    """Tensors for the encoder plus, per sentence, the sub-word index of each word."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: Optional[torch.Tensor]
+    first_subword: list[np.ndarray]  # per sentence: [n_words] positions, -1 where truncated
+
+
+def encode_words(tokenizer, words: Sequence[Sequence[str]], tags=None, label2id=None,
+                 max_length: int = 512) -> EncodedBatch:
+    """Tokenize pre-split words; label the first sub-word of each word, -100 elsewhere.
+
+    Words that fall past ``max_length`` sub-words get position -1 (callers predict ``O`` there
+    and count them), so an over-long sentence never crashes a batch.
+    """
+    enc = tokenizer([list(w) for w in words], is_split_into_words=True, truncation=True,
+                    max_length=max_length, padding=True, return_tensors="pt")
+    n_rows, width = enc["input_ids"].shape
+    labels = torch.full((n_rows, width), IGNORE_INDEX, dtype=torch.long) if tags is not None else None
+    firsts = []
+    for i in range(n_rows):
+        pos = np.full(len(words[i]), -1, dtype=np.int64)
+        prev = None
+        for j, w in enumerate(enc.word_ids(i)):
+            if w is not None and w != prev:
+                pos[w] = j
+                if labels is not None:
+                    labels[i, j] = label2id[tags[i][w]]
+            prev = w
+        firsts.append(pos)
+    return EncodedBatch(enc["input_ids"], enc["attention_mask"], labels, firsts)
+
+
+def word_log_probs(logits: torch.Tensor, batch: EncodedBatch, o_index: int = 0) -> list[np.ndarray]:
+    """Per sentence, [n_words, n_labels] log-probabilities read at each word's first sub-word.
+
+    Words cut off by truncation get a one-hot ``O`` row (``o_index``).
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+    out = []
+    for i, pos in enumerate(batch.first_subword):
+        rows = np.full((len(pos), logp.shape[-1]), -math.inf, dtype=np.float32)
+        rows[:, o_index] = 0.0
+        ok = pos >= 0
+        rows[ok] = logp[i, pos[ok]]
+        out.append(rows)
+    return out
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, so padding stays small."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def predict_log_probs(model, tokenizer, words: Sequence[Sequence[str]], *, batch_size: int = 32,
+                      max_length: int = 512, device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """Word-level log-probabilities for every sentence, in input order."""
+    model.eval()
+    o_index = model.config.label2id.get("O", 0)
+    out: list[Optional[np.ndarray]] = [None] * len(words)
+    use_bf16 = torch.device(device).type == "cuda"
+    for idx in length_buckets([len(w) for w in words], batch_size):
+        batch = encode_words(tokenizer, [words[i] for i in idx], max_length=max_length)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(input_ids=batch.input_ids.to(device),
+                           attention_mask=batch.attention_mask.to(device)).logits
+        for i, lp in zip(idx, word_log_probs(logits, batch, o_index)):
+            out[i] = lp
+    return out  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Training loops run by Ray Train (teacher fine-tuning; distillation comes later)."""
