@@ -45,3 +45,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tests._tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+TAGS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny encoder with an (untrained, seeded) NER head over WikiANN's labels."""
+    import torch
+
+    from xner_ray.models.classifier import load_token_classifier, load_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-teacher")
+    torch.manual_seed(0)
+    load_token_classifier(str(tiny_model_dir), TAGS).save_pretrained(out, safe_serialization=True)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(out)
+    return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
-import time
 from pathlib import Path
 
 import pytest

@@ -325,6 +325,8 @@ def test_cli_formats_and_files(store, capsys):
                               "-p", "round_b=0", "--format", "csv"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 4
     assert sqlshell.main_sql(["--store", store.root, "SELECT * FROM nope"]) == 1
+    with pytest.raises(FileNotFoundError, match="pseudo_label_prf"):
+        sqlshell.main_sql(["--store", store.root, "--file", "no_such_question"])
 
 
 def test_interactive_shell(store, monkeypatch, capsys):

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xner_ray import sqlshell
-from xner_ray.records import Reject
+from xner_ray.records import Reject, RejectSink
 from xner_ray.store import PSEUDO_LABELS, SENTENCES, Store, batch_to_table, describe
 from xner_ray.store.schema import TABLES, file_schema
 
@@ -118,7 +118,10 @@ def test_manifest_rotation_and_counts(tmp_path):
         arrow = pl_rows("de")
         arrow["probs"] = [p.tolist() for p in arrow["probs"]]
         w.write_pseudo_labels(pa.Table.from_pydict(arrow))  # Arrow batches too
-        w.write_rejects([Reject("in.txt", 4, "malformed_line", "bad \udcff")])
+        sink = RejectSink(keep=1)
+        sink.add(Reject("in.txt", 4, "malformed_line", "bad \udcff"))
+        sink.add(Reject("in.txt", 9, "malformed_line", "dropped from memory, still counted"))
+        w.write_rejects(sink)
         w.meta["teacher"] = "t@0"
     m = store.manifest("r1", "es", 0)
     assert m == w.manifest
@@ -128,7 +131,8 @@ def test_manifest_rotation_and_counts(tmp_path):
     assert m["tables"]["projections"] == {"rows": 0, "files": []}
     assert (m["labels"], m["rejects_by_reason"], m["schema_version"]) == (
         LABELS, {"malformed_line": 1}, 1)
-    assert m["meta"] == {"selector": "keep_all", "teacher": "t@0"}
+    assert m["meta"] == {"selector": "keep_all", "teacher": "t@0",
+                         "rejects_seen": {"malformed_line": 2}}
     assert store.read("rejects").column("raw").to_pylist() == ["bad \\xff"]
     assert not os.listdir(tmp_path / "_tmp" / "run_id=r1" / "lang=es")
 
@@ -255,3 +259,20 @@ def test_runs_table(tmp_path):
     assert con.execute("SELECT run_id, job, code_version FROM runs ORDER BY 1").fetchall()[0] \
         == ("r1", "rikd", "abc")
     assert not list((tmp_path / "runs").rglob("*.tmp*"))
+
+
+def test_object_store_path_without_directory_renames():
+    """Non-local filesystems (s3://, gs://) move file by file; the manifest commits.
+    pyarrow's in-memory mock filesystem stands in for a bucket."""
+    fs_mod = pytest.importorskip("pyarrow.fs")
+    store = Store("bucket/store", filesystem=fs_mod._MockFileSystem())
+    assert not store.is_local
+    with store.round_writer("r1", "es", 0, labels=LABELS, rows_per_file=1) as w:
+        w.write_pseudo_labels(pl_rows("ab"))
+    store.record_run("r1", "rikd", {})
+    con = sqlshell.connect(store)
+    assert con.execute("SELECT sent_id, lang, round FROM pseudo_labels ORDER BY 1").fetchall() \
+        == [("a", "es", 0), ("b", "es", 0)]
+    assert con.execute("SELECT status FROM runs").fetchall() == [("running",)]
+    with store.round_writer("r1", "es", 0) as again:
+        assert again.skipped

@@ -45,6 +45,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_label(args: argparse.Namespace) -> int:
+    from xner_ray import config
+    from xner_ray.cluster import init_ray
+    from xner_ray.labeling.pipeline import LabelConfig, label
+
+    values = config.load_file(args.config)
+    if args.model:
+        values["teachers"] = args.model
+    if args.input:
+        langs = args.lang or []
+        if len(langs) not in (1, len(args.input)):
+            raise ValueError(f"give one --lang for all inputs or one per --input "
+                             f"({len(args.input)} inputs, {len(langs)} langs)")
+        langs = langs * len(args.input) if len(langs) == 1 else langs
+        values["inputs"] = [{"path": p, "lang": l, "fmt": args.format, "gold": args.gold}
+                            for p, l in zip(args.input, langs)]
+    for key in ("store", "round", "selector", "run_id", "student", "batch_size", "num_actors"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    cfg = config.build(LabelConfig, values)
+    if args.dry_run:
+        print(config.dump(cfg))
+        return 0
+    init_ray(args.address)
+    summary = label(cfg)
+    print(json.dumps({"run_id": cfg.run_id, "round": cfg.round, "store": cfg.store,
+                      "languages": summary}))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from xner_ray.demo import run_demo
 
@@ -81,16 +111,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--label-map", help="map gold labels first, e.g. 'drop:DATE'")
     e.set_defaults(func=_cmd_evaluate)
 
+    lb = sub.add_parser("label", help="stream text through teacher(s) into the store (Ray Data)")
+    lb.add_argument("--config", help="YAML/JSON file with LabelConfig keys (flags override)")
+    lb.add_argument("--model", action="append", help="teacher model folder (repeat: ensemble)")
+    lb.add_argument("--input", action="append", help="input file/dir/glob (repeatable)")
+    lb.add_argument("--lang", action="append", help="language of the inputs (one, or one each)")
+    lb.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "conll"])
+    lb.add_argument("--gold", action="store_true",
+                    help="keep the input's tags as gold_tags (evaluation only)")
+    lb.add_argument("--store", help="store root folder")
+    lb.add_argument("--round", type=int, help="round number (default 0)")
+    lb.add_argument("--selector", help="e.g. keep_all, confidence:0.9, top_rho:confidence:0.8")
+    lb.add_argument("--run-id", dest="run_id", help="default: hash of teachers + inputs")
+    lb.add_argument("--student", help="student model: fills the agreement column")
+    lb.add_argument("--batch-size", dest="batch_size", type=int, help="sentences per forward")
+    lb.add_argument("--num-actors", dest="num_actors", type=int, help="teacher actors")
+    lb.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    lb.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    lb.set_defaults(func=_cmd_label)
+
     d = sub.add_parser("demo", help="train and evaluate on the bundled sample (a few minutes)")
     d.add_argument("--out", default="outputs/demo", help="output folder")
     d.add_argument("--address", help="Ray cluster address (default: local)")
     d.set_defaults(func=_cmd_demo)
 
-    for mod, fn in (("xner_ray.sqlshell", "add_sql_parser"), ("xner_ray.report", "add_report_parser")):
-        try:
-            getattr(__import__(mod, fromlist=[fn]), fn)(sub)
-        except (ImportError, AttributeError):
-            pass  # optional subcommands not built yet
+    from xner_ray.report import add_report_parser
+    from xner_ray.sqlshell import add_sql_parser
+
+    add_sql_parser(sub)
+    add_report_parser(sub)
     return p
 
 

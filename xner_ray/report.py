@@ -118,9 +118,17 @@ def _labels(rows: list[dict]) -> str:
     return _charts(figs)
 
 
+def _short(keys: Sequence[tuple]) -> list[str]:
+    """``lang/round`` labels, prefixed by the run (and suffixed by the selector) only when the
+    rows hold more than one."""
+    runs, extra = {k[0] for k in keys}, {k[3:] for k in keys}
+    return [(f"{k[0]}:" if len(runs) > 1 else "") + f"{k[1]}/{k[2]}"
+            + (f" {k[3]}" if len(extra) > 1 else "") for k in keys]
+
+
 def _selection(rows: list[dict]) -> str:
     groups = _groups(rows, ("run_id", "lang", "round", "selector"))
-    cats = [f"{lang}/{rnd}" for _, lang, rnd, _ in groups]
+    cats = _short(list(groups))
     ratio = [sum(r["share"] for r in g if r["selected"]) for g in groups.values()]
     chart = bar_chart(cats, {"selected": ratio}, "selection ratio per language/round",
                       y_max=1.0) if groups else ""
@@ -134,7 +142,7 @@ def _prf(rows: list[dict]) -> str:
     buckets = ("selected", "other", "all")
     series = {b: [next((r["f1"] for r in g if r["bucket"] == b), 0.0) for g in groups.values()]
               for b in buckets}
-    chart = bar_chart([f"{lang}/{rnd}" for _, lang, rnd in groups], series,
+    chart = bar_chart(_short(list(groups)), series,
                       "pseudo-label entity F1 per bucket (AdvPicker Table 4)", y_max=1.0)
     return (_charts([chart]) if groups else '<p class="note">no gold labels in the store</p>') \
         + html_table(rows)

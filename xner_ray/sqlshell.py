@@ -44,6 +44,8 @@ from xner_ray.store.store import Store
 
 VIEWS = ("sentences", "pseudo_labels", "runs", "rejects", "projections")
 FORMATS = ("table", "csv", "json")
+DESCRIPTION = ("Query the store with DuckDB. Views: sentences, pseudo_labels, runs, rejects, "
+               "projections; macro bio_spans(tags); question files in sql/.")
 
 # Strict IOB2 spans of a tag list, in SQL list functions (no unnest): for every B-X at i, the
 # entity runs while the following tags are I-X.
@@ -135,16 +137,20 @@ def _run_script(con: duckdb.DuckDBPyConnection, sql: str) -> Optional[pa.Table]:
     return None if rel is None else rel.to_arrow_table()
 
 
-def read_query(query_or_file: Union[str, os.PathLike]) -> str:
-    """SQL text from a ``.sql`` path, a question name in ``sql/`` or the SQL itself."""
+def read_query(query_or_file: Union[str, os.PathLike], *, file_only: bool = False) -> str:
+    """SQL text from a ``.sql`` path, a question name in ``sql/`` or (unless ``file_only``)
+    the SQL itself."""
     text = os.fspath(query_or_file)
-    if text.endswith(".sql") or isinstance(query_or_file, Path):
+    files = sql_files()
+    if text in files:
+        return files[text].read_text(encoding="utf-8")
+    if file_only or text.endswith(".sql") or isinstance(query_or_file, Path):
         path = Path(text)
         if not path.is_file():
-            raise FileNotFoundError(f"no SQL file {text}")
+            raise FileNotFoundError(f"no SQL file {text!r} (questions in {sql_dir()}: "
+                                    f"{', '.join(files)})")
         return path.read_text(encoding="utf-8")
-    files = sql_files()
-    return files[text].read_text(encoding="utf-8") if text in files else text
+    return text
 
 
 def set_params(con: duckdb.DuckDBPyConnection, params: Optional[Mapping[str, Any]]) -> None:
@@ -180,11 +186,12 @@ def format_result(table: pa.Table, fmt: str = "table") -> str:
         w.writerow(table.column_names)
         for row in table.to_pylist():
             w.writerow([json.dumps(v, default=str, ensure_ascii=False)
-                        if isinstance(v, (list, dict)) else v for v in row.values()])
+                        if isinstance(v, (list, dict, bool)) else v for v in row.values()])
         return buf.getvalue().rstrip("\n")
     import polars as pl
 
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=240):
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=240,
+                   tbl_hide_dataframe_shape=True):
         return str(pl.from_arrow(table))
 
 
@@ -235,7 +242,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
     if args.query is None and args.file is None:
         return shell(con, sys.stdin, sys.stdout, args.format)
     try:
-        table = _run_script(con, read_query(args.file if args.file else args.query))
+        sql = read_query(args.file, file_only=True) if args.file else args.query
+        table = _run_script(con, sql)
     except duckdb.Error as exc:
         print(f"xner sql: {exc}", file=sys.stderr)
         return 1
@@ -247,7 +255,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def add_sql_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Plug ``sql`` into the ``xner`` command's subparsers."""
     p = subparsers.add_parser("sql", help="query the store with DuckDB (read-only views)",
-                              description=__doc__.split("\n\n")[0])
+                              description=DESCRIPTION)
     _sql_args(p)
     p.set_defaults(func=cmd_sql)
     return p
@@ -266,6 +274,6 @@ def _sql_args(p: argparse.ArgumentParser) -> None:
 
 
 def main_sql(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="xner sql", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="xner sql", description=DESCRIPTION)
     _sql_args(p)
     return cmd_sql(p.parse_args(argv))

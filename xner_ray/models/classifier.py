@@ -102,6 +102,12 @@ def freeze(model, *, embeddings: bool, bottom_layers: int) -> None:
                 p.requires_grad_(False)
 
 
+def max_tokens(tokenizer, requested: int) -> int:
+    """The sub-word cap actually usable: a model with 128 positions cannot take 512."""
+    limit = getattr(tokenizer, "model_max_length", None) or requested
+    return min(requested, int(limit)) if limit < 1_000_000 else requested
+
+
 @dataclass
 class EncodedBatch:
     """Tensors for the encoder plus, per sentence, the sub-word index of each word."""
@@ -120,7 +126,8 @@ def encode_words(tokenizer, words: Sequence[Sequence[str]], tags=None, label2id=
     and count them), so an over-long sentence never crashes a batch.
     """
     enc = tokenizer([list(w) for w in words], is_split_into_words=True, truncation=True,
-                    max_length=max_length, padding=True, return_tensors="pt")
+                    max_length=max_tokens(tokenizer, max_length), padding=True,
+                    return_tensors="pt")
     n_rows, width = enc["input_ids"].shape
     labels = torch.full((n_rows, width), IGNORE_INDEX, dtype=torch.long) if tags is not None else None
     firsts = []

@@ -119,7 +119,9 @@ class Store:
             return
         for info in self.fs.get_file_info(pafs.FileSelector(src, recursive=True)):
             if info.type == pafs.FileType.File:
-                self.fs.move(info.path, dest + info.path[len(src):])
+                target = dest + info.path[len(src):]
+                self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                self.fs.move(info.path, target)
         self.fs.delete_dir(src)
 
     def new_tmp_dir(self, *parts: str) -> str:
@@ -261,7 +263,10 @@ class Store:
                    metrics: Optional[dict] = None, round: Optional[int] = None,
                    ended_at: Optional[dt.datetime] = None) -> dict:
         """Merge ``metrics`` into the run's row -- under ``round`` when given, else ``metrics``
-        is ``{round: {...}}`` -- and/or set ``status`` (ending statuses stamp ``ended_at``)."""
+        is ``{round: {...}}`` -- and/or set ``status`` (ending statuses stamp ``ended_at``).
+
+        Read-modify-write of one small file: call it from one process (the driver), not from
+        parallel workers."""
         record = self.get_run(run_id)
         if record is None:
             raise ValueError(f"no run {run_id!r} in {self}; call record_run first")

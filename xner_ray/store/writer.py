@@ -22,16 +22,16 @@ from __future__ import annotations
 import collections
 import json
 import logging
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from xner_ray.records import Reject
+from xner_ray.records import Reject, RejectSink
 from xner_ray.store import schema as S
-from xner_ray.store.store import MANIFEST_FILE, TMP, Store, check_name, check_round, utcnow
+from xner_ray.store.store import TMP, Store, check_name, check_round, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,8 @@ class RoundWriter:
     # -- writes ------------------------------------------------------------------------------------
     def write(self, table: str, batch: S.Batch) -> int:
         """Append a batch to ``table`` (a round table); returns the rows written (0 if skipped)."""
+        if table not in S.ROUND_TABLES:
+            raise ValueError(f"unknown round table {table!r}; valid: {S.ROUND_TABLES}")
         if self.skipped:
             return 0
         if self._tmp is None:
@@ -195,6 +197,28 @@ class RoundWriter:
                                      .cast(spec.file_schema))
         return full.num_rows
 
+    def rewrite(self, table: str, fn) -> None:
+        """Before commit, replace each written file of ``table`` by ``fn(file_table)``.
+
+        For decisions that need the whole round first (e.g. a top-rho selector fitted on every
+        score): one file in memory at a time; ``fn`` must keep the rows and the schema."""
+        if self.skipped:
+            return
+        part = self._parts.get(table)
+        if part is None:
+            return
+        part.close()
+        spec = S.TABLES[table]
+        for name in part.files:
+            path = f"{part.dir}/{name}"
+            before = pq.read_table(path, filesystem=self.store.fs)
+            after = fn(before)
+            if after.num_rows != before.num_rows:
+                raise ValueError(f"rewrite of {table} changed the row count of {name}")
+            after = after.select(spec.file_schema.names).cast(spec.file_schema)
+            pq.write_table(after.replace_schema_metadata(spec.file_schema.metadata), path,
+                           filesystem=self.store.fs, compression="zstd")
+
     def write_sentences(self, batch: S.Batch) -> int:
         return self.write("sentences", batch)
 
@@ -207,7 +231,14 @@ class RoundWriter:
         return self.write("projections", batch)
 
     def write_rejects(self, rejects: Iterable[Reject]) -> int:
-        """Write ``Reject`` items (a list, a generator or a ``RejectSink``) in bounded chunks."""
+        """Write ``Reject`` items (a list, a generator or a ``RejectSink``) in bounded chunks.
+
+        A ``RejectSink`` keeps at most ``keep`` rejects but counts all of them: its exact counts
+        go to the manifest as ``rejects_seen``."""
+        if isinstance(rejects, RejectSink) and not self.skipped:
+            seen = self.meta.setdefault("rejects_seen", {})
+            for reason, n in rejects.counts.items():
+                seen[reason] = seen.get(reason, 0) + n
         total, chunk = 0, []
         for r in rejects:
             chunk.append({"path": _safe_text(r.path), "line": r.line, "reason": r.reason,

@@ -1,0 +1,154 @@
+"""Labeling: the Ray-free stages on literal batches, then the Ray Data pipeline into a store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xner_ray.demo import sample_path
+from xner_ray.labels import is_valid_iob2
+from xner_ray.labeling.stages import SubwordStage, TeacherStage
+
+WORDS = [["Angela", "Merkel", "besuchte", "Paris", "."], ["Amsterdam"],
+         ["De", "Nederlandsche", "Bank", "in", "Den", "Haag", "opende", "gisteren"]]
+
+
+def _subworded(model_dir, words=WORDS, max_length=512):
+    return SubwordStage(str(model_dir), max_length)({"sent_id": [str(i) for i in range(len(words))],
+                                                     "tokens": words})
+
+
+def test_subword_stage_marks_first_pieces_and_truncation(tiny_teacher_dir):
+    out = _subworded(tiny_teacher_dir, max_length=6)
+    pos = out.column("word_pos").to_pylist()
+    ids = out.column("input_ids").to_pylist()
+    assert [len(p) for p in pos] == [5, 1, 8]
+    assert all(len(x) <= 6 for x in ids) and pos[1] == [1]
+    for p, n_cut in zip(pos, out.column("n_truncated").to_pylist()):
+        kept = [q for q in p if q >= 0]
+        assert kept == sorted(kept) and p.count(-1) == n_cut
+        assert -1 not in p[:len(kept)]  # truncation only cuts a tail
+    assert out.column("n_truncated").to_pylist()[2] > 0
+
+
+def test_teacher_stage_outputs_and_scores(tiny_teacher_dir):
+    stage = TeacherStage([str(tiny_teacher_dir)], batch_size=2)
+    out = stage(_subworded(tiny_teacher_dir))
+    assert "input_ids" not in out.column_names
+    tags = out.column("tags").to_pylist()
+    probs = [np.array(p) for p in out.column("probs").to_pylist()]
+    assert [len(t) for t in tags] == [5, 1, 8] and all(is_valid_iob2(t) for t in tags)
+    for p, t, conf, f_conf, n_ent in zip(probs, tags, out.column("confidence").to_pylist(),
+                                         out.column("f_conf").to_pylist(),
+                                         out.column("n_entities").to_pylist()):
+        assert p.shape == (len(t), len(stage.labels))
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+        assert conf == pytest.approx(p.max(1).mean(), abs=1e-6)  # RIKD Eq. 5
+        chosen = p[np.arange(len(t)), [stage.labels.index(x) for x in t]]
+        assert f_conf == pytest.approx(-np.log(chosen).mean(), abs=1e-5)  # RIKD 3.3.1
+        assert n_ent == sum(x.startswith("B-") for x in t)
+    assert out.column("agreement").null_count == 3
+    # same sentences alone or in another batch order give the same soft labels
+    alone = stage(_subworded(tiny_teacher_dir, [WORDS[2]]))
+    np.testing.assert_allclose(np.array(alone.column("probs")[0].as_py()), probs[2], atol=1e-5)
+
+
+def test_ensemble_weights_and_agreement(tiny_teacher_dir, tiny_model_dir, tmp_path):
+    import torch
+
+    from xner_ray.models.classifier import load_token_classifier, load_tokenizer
+
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    load_token_classifier(str(tiny_model_dir), TeacherStage([str(tiny_teacher_dir)]).labels
+                          ).save_pretrained(other)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(other)
+    batch = _subworded(tiny_teacher_dir)
+    pa_ = [np.array(p) for p in TeacherStage([str(tiny_teacher_dir)])(batch).column("probs").to_pylist()]
+    pb = [np.array(p) for p in TeacherStage([str(other)])(batch).column("probs").to_pylist()]
+    mixed = TeacherStage([str(tiny_teacher_dir), str(other)], weights=[3, 1],
+                         student=str(other))(batch)
+    for m, a, b in zip(mixed.column("probs").to_pylist(), pa_, pb):
+        np.testing.assert_allclose(np.array(m), 0.75 * a + 0.25 * b, atol=1e-5)  # TSL Eq. 6
+    for agree, m, b in zip(mixed.column("agreement").to_pylist(), mixed.column("probs").to_pylist(), pb):
+        assert agree == pytest.approx(-((np.array(m) - b) ** 2).mean(), abs=1e-6)  # RIKD Eq. 6
+    with pytest.raises(ValueError, match="weights must be 2 non-negative"):
+        TeacherStage([str(tiny_teacher_dir), str(other)], weights=[1, -1])
+
+
+@pytest.mark.slow
+def test_label_pipeline_into_store(ray_cluster, tiny_teacher_dir, tmp_path, capsys):
+    from xner_ray.cli import main
+    from xner_ray.sqlshell import connect
+
+    bad = tmp_path / "es.txt"
+    bad.write_bytes("Hola Madrid .\n\n".encode() + b"caf\xe9 roto\n" + ("x " * 3000).encode()
+                    + b"\nBuenos dias Barcelona\n")
+    store = tmp_path / "store"
+    argv = ["label", "--model", str(tiny_teacher_dir), "--store", str(store), "--run-id", "t1",
+            "--input", str(sample_path("de.dev.txt")), "--lang", "de", "--gold"]
+    assert main(argv) == 0
+    assert main(["label", "--model", str(tiny_teacher_dir), "--store", str(store),
+                 "--run-id", "t2", "--input", str(sample_path("nl.dev.txt")), "--input", str(bad),
+                 "--lang", "nl", "--lang", "es", "--selector", "top_rho:confidence:0.5"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["languages"]["es"] == {"sentences": 2, "entities": pytest.approx(
+        summary["languages"]["es"]["entities"]), "selected": 1, "rejects": 2,
+        "seconds": pytest.approx(summary["languages"]["es"]["seconds"])}
+    assert "[label] nl: 300 sentences" in out
+
+    con = connect(store)
+    rows = con.execute("SELECT run_id, lang, count(*), count(gold_tags) FROM sentences "
+                       "GROUP BY ALL ORDER BY 1, 2").fetchall()
+    assert rows == [("t1", "de", 300, 300), ("t2", "es", 2, 0), ("t2", "nl", 300, 0)]
+    sel = con.execute("SELECT lang, sum(selected::INT), count(*) FROM pseudo_labels "
+                      "WHERE run_id = 't2' GROUP BY 1 ORDER BY 1").fetchall()
+    assert sel == [("es", 1, 2), ("nl", 150, 300)]
+    rejects = con.execute("SELECT line, reason FROM rejects ORDER BY line").fetchall()
+    assert rejects == [(3, "invalid_utf8"), (4, "too_long")]
+    # every pseudo-label row joins its sentence, with one tag and one prob row per word
+    assert con.execute("SELECT count(*) FROM pseudo_labels p ANTI JOIN sentences s USING (run_id, "
+                       "lang, round, sent_id)").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM pseudo_labels p JOIN sentences s USING (run_id, lang,"
+                       " round, sent_id) WHERE len(p.tags) != len(s.tokens) OR "
+                       "len(p.probs) != len(s.tokens)").fetchone() == (0,)
+
+    # a rerun of a complete round is skipped and changes nothing
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "complete already, skipped" in capsys.readouterr().out
+    assert connect(store).execute("SELECT count(*) FROM sentences WHERE run_id='t1'").fetchone() == (300,)
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_no_visible_round_and_resumes(ray_cluster, tiny_teacher_dir, tmp_path,
+                                                        monkeypatch):
+    from xner_ray.labeling import pipeline
+    from xner_ray.labeling.pipeline import LabelConfig, label
+    from xner_ray.sqlshell import connect
+    from xner_ray.store import Store
+
+    cfg = LabelConfig(teachers=[str(tiny_teacher_dir)], store=str(tmp_path / "s"), run_id="k",
+                      inputs=[{"path": str(sample_path("de.dev.txt")), "lang": "de"}],
+                      block_rows=64)
+    real_write = pipeline._write
+    calls = {"n": 0}
+
+    def dying_write(writer, part):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed mid-round")
+        real_write(writer, part)
+
+    monkeypatch.setattr(pipeline, "_write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        label(cfg)
+    assert calls["n"] == 3
+    assert not Store(cfg.store).is_complete("k", "de", 0)
+    assert connect(cfg.store).execute("SELECT count(*) FROM pseudo_labels").fetchone() == (0,)
+    monkeypatch.setattr(pipeline, "_write", real_write)
+    assert label(cfg)["de"]["sentences"] == 300
+    assert connect(cfg.store).execute("SELECT count(*) FROM pseudo_labels").fetchone() == (300,)

@@ -1,0 +1,1 @@
+"""Teacher labeling: Ray-free stages (``stages``) and their Ray Data wiring (``pipeline``)."""
