@@ -102,12 +102,12 @@ def store(tmp_path_factory) -> Store:
 @pytest.fixture(scope="module", params=["read_only", "plain_duckdb"])
 def con(request, store):
     """Each question runs twice: through sqlshell.connect (read-only, Arrow views) and through
-    plain DuckDB with sql/_views.sql and a `store` variable, as a user without the package."""
+    plain DuckDB with sql/setup/views.sql and a `store` variable, as a user without the package."""
     if request.param == "read_only":
         return sqlshell.connect(store.root)
     con = duckdb.connect()
     con.execute("SET VARIABLE store = ?", [store.root])
-    for st in con.extract_statements((sqlshell.sql_dir() / "_views.sql").read_text()):
+    for st in con.extract_statements((sqlshell.sql_dir() / "setup" / "views.sql").read_text()):
         con.execute(st.query)
     return con
 
@@ -123,7 +123,7 @@ def by(rows, *keys):
 
 
 def test_views_file_is_generated():
-    assert (sqlshell.sql_dir() / "_views.sql").read_text() == sqlshell.views_sql()
+    assert (sqlshell.sql_dir() / "setup" / "views.sql").read_text() == sqlshell.views_sql()
 
 
 def test_every_question_has_a_header_and_a_test():

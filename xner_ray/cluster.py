@@ -55,8 +55,9 @@ def derive_workers(num_workers: Optional[int] = None, use_gpu: Optional[bool] = 
     """Training/inference worker layout for the connected cluster.
 
     GPU clusters: one worker per GPU with an equal share of the CPUs. CPU clusters: ``reserve``
-    CPUs (default a quarter of the cluster, at least 0.5) stay free for Ray Data tasks; the rest
-    is split across the workers in half-CPU steps.
+    CPUs (default a quarter of the cluster, at least one: a Ray Data task asks for a whole CPU
+    unless told otherwise) stay free for the data pipeline; the rest is split across the
+    workers in half-CPU steps.
     """
     cpus, gpus = cluster_cpus_gpus()
     if cpus <= 0:
@@ -64,7 +65,7 @@ def derive_workers(num_workers: Optional[int] = None, use_gpu: Optional[bool] = 
     gpu = bool(gpus >= 1) if use_gpu is None else use_gpu
     if gpu and gpus < 1:
         raise ValueError("use_gpu=True but the cluster has no GPU")
-    reserve = max(0.5, cpus / 4) if reserve_cpus is None else reserve_cpus
+    reserve = max(1.0, cpus / 4) if reserve_cpus is None else reserve_cpus
     if gpu:
         n = num_workers or int(gpus)
         per = max(0.5, math.floor(2 * (cpus - reserve) / n) / 2)

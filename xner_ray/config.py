@@ -64,9 +64,9 @@ def build(cls: type[T], values: dict[str, Any]) -> T:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(names)}")
-    missing = [f.name for f in dataclasses.fields(cls)
+    missing = sorted(f.name for f in dataclasses.fields(cls)
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-               and f.name not in values]
+               and f.name not in values)
     if missing:
         raise ValueError(f"{cls.__name__}: missing required keys {missing}")
     return cls(**values)

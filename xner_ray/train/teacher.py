@@ -1,232 +1,53 @@
 """Teacher fine-tuning on source-language labeled data, as a Ray Train ``TorchTrainer``.
 
-The driver reads and validates the CoNLL files (rejects counted and written out), feeds the
-training sentences to the workers through Ray Data, and each epoch rank 0 scores the source dev
-set (model selection uses source-language dev only: the zero-shot rule) and reports a
-checkpoint. The best checkpoint is copied to ``out`` as a plain Hugging Face folder.
+The driver reads and validates the CoNLL files (rejects counted and written to
+``rejects.jsonl``), feeds the training sentences to the workers through Ray Data, and each epoch
+rank 0 scores the source dev set (model selection on source-language dev only) and reports a
+checkpoint; the best one is copied to ``out`` as a plain Hugging Face folder (``loop.fit``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-logger = logging.getLogger(__name__)
+from xner_ray.train.loop import TrainConfig, fit, read_labeled, write_rejects
 
 
-@dataclass
-class TeacherConfig:
+@dataclass(kw_only=True)
+class TeacherConfig(TrainConfig):
     """Teacher training settings (every field is also a CLI flag / config key)."""
 
     train: str = field(metadata={"help": "CoNLL file(s)/dir/glob with source-language labels"})
     dev: str = field(metadata={"help": "source-language dev CoNLL file for model selection"})
-    out: str = field(metadata={"help": "output folder for the best Hugging Face checkpoint"})
-    model: str = field(default="builtin:me5-small",
-                       metadata={"help": "HF name, local path or builtin:me5-small"})
-    epochs: int = field(default=3, metadata={"help": "passes over the training data"})
-    max_steps: Optional[int] = field(default=None, metadata={"help": "cap on optimizer steps"})
-    layers: Optional[int] = field(default=None, metadata={"help": "keep the bottom N layers"})
-    batch_size: int = field(default=16, metadata={"help": "sentences per step per worker"})
-    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "linear warm-up share of steps"})
-    freeze_embeddings: bool = field(default=False, metadata={"help": "freeze the embeddings"})
-    freeze_layers: int = field(default=0, metadata={"help": "freeze the bottom N layers"})
-    max_length: int = field(default=256, metadata={"help": "sub-word cap per sentence"})
     label_map: Optional[str] = field(default=None,
                                      metadata={"help": "label mapping, e.g. 'drop:MISC'"})
-    dev_limit: Optional[int] = field(default=None,
-                                     metadata={"help": "score only the first N dev sentences"})
-    num_workers: Optional[int] = field(default=None, metadata={"help": "default: from cluster"})
-    use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "best epoch checkpoints kept"})
-    seed: int = field(default=42, metadata={"help": "random seed"})
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError("batch_size >= 1, lr > 0 and 0 <= warmup_ratio < 1 are required")
-        if self.freeze_layers < 0 or (self.layers is not None and self.layers < 1):
-            raise ValueError("freeze_layers must be >= 0 and layers >= 1")
 
 
-def _read_labeled(spec: str, label_map, what: str):
-    from xner_ray.io import read_conll
-    from xner_ray.records import RejectSink
-
-    rejects = RejectSink()
-    sents = list(read_conll(spec, rejects=rejects))
-    if not sents:
-        raise ValueError(f"{what} data {spec!r}: no usable sentences ({rejects.summary()})")
-    if label_map is not None:
-        for s in sents:
-            s.tags = label_map.apply(s.tags)
-    logger.warning("%s: %d sentences from %s, %s", what, len(sents), spec, rejects.summary())
-    return sents, rejects
-
-
-def _labels_of(sents) -> list[str]:
+def labels_of(sents) -> list[str]:
     from xner_ray.labels import entity_type, label_list
 
-    types = {entity_type(t) for s in sents for t in s.tags if t != "O"}
-    return label_list(sorted(types))
+    return label_list(sorted({entity_type(t) for s in sents for t in s.tags if t != "O"}))
 
 
 def train_teacher(cfg: TeacherConfig) -> Path:
     """Train, select on dev, and leave the best checkpoint in ``cfg.out``; returns that path."""
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
-    from xner_ray.cluster import derive_workers
     from xner_ray.labels import LabelMap
-    from xner_ray.models.classifier import resolve
 
-    if not ray.is_initialized():
-        raise RuntimeError("connect to Ray first (xner_ray.cluster.init_ray)")
     label_map = LabelMap.from_spec(cfg.label_map) if cfg.label_map else None
-    train, train_rej = _read_labeled(cfg.train, label_map, "train")
-    dev, dev_rej = _read_labeled(cfg.dev, label_map, "dev")
-    if cfg.dev_limit:
-        dev = dev[: cfg.dev_limit]
-    labels = _labels_of(train)
+    train, train_rej = read_labeled(cfg.train, "train", label_map)
+    dev, dev_rej = read_labeled(cfg.dev, "dev", label_map)
+    labels = labels_of(train)
     unknown = sorted({t for s in dev for t in s.tags} - set(labels))
     if unknown:
         raise ValueError(f"dev tags {unknown} never occur in train (labels {labels}); "
                          "map them with label_map, e.g. 'drop:TYPE'")
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    _write_rejects(out / "rejects.jsonl", [*train_rej, *dev_rej])
-    resolve(cfg.model)  # convert a builtin model once here, not in every worker
-    res = derive_workers(cfg.num_workers, cfg.use_gpu)
-    loop_cfg = dict(cfg=dataclasses.asdict(cfg), labels=labels, threads=res.torch_threads,
-                    dev_tokens=[s.tokens for s in dev], dev_tags=[s.tags for s in dev],
-                    n_train=len(train))
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_rejects(Path(cfg.out) / "rejects.jsonl", [*train_rej, *dev_rej])
     ds = ray.data.from_items([{"tokens": s.tokens, "tags": s.tags} for s in train])
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config=loop_cfg,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res.num_workers, use_gpu=res.use_gpu,
-            resources_per_worker={"CPU": res.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=f"teacher-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(out / "_checkpoints"),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="dev_f1",
-                checkpoint_score_order="max")),
-        datasets={"train": ds},
-    )
-    started = time.time()
-    result = trainer.fit()
-    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1]["dev_f1"])
-    with best_ckpt.as_directory() as d:
-        for item in Path(d).iterdir():
-            dest = out / item.name
-            if item.is_dir():
-                shutil.copytree(item, dest, dirs_exist_ok=True)
-            else:
-                shutil.copy2(item, dest)
-    summary = dict(config=dataclasses.asdict(cfg), labels=labels, best=best_metrics,
-                   workers=dataclasses.asdict(res), seconds=round(time.time() - started, 1),
-                   n_train=len(train), n_dev=len(dev),
-                   rejects={"train": dict(train_rej.counts), "dev": dict(dev_rej.counts)})
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    logger.warning("teacher: best epoch %s dev F1 %.4f -> %s", best_metrics.get("epoch"),
-                   best_metrics["dev_f1"], out)
-    return out
-
-
-def _write_rejects(path: Path, rejects) -> None:
-    if not rejects:
-        return
-    with path.open("w", encoding="utf-8") as f:
-        for r in rejects:
-            f.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")
-
-
-def _train_loop(config: dict) -> None:
-    """Per-worker loop (Ray Train). Heavy imports live here, inside the worker."""
-    import numpy as np
-    import torch
-    import ray.train
-    import ray.train.torch
-    from transformers import get_linear_schedule_with_warmup
-
-    from xner_ray.evaluate import predict_tags, score_tags
-    from xner_ray.models.classifier import encode_words, load_token_classifier, load_tokenizer
-
-    cfg = TeacherConfig(**config["cfg"])
-    labels = config["labels"]
-    label2id = {l: i for i, l in enumerate(labels)}
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(config["threads"])
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_token_classifier(cfg.model, labels, layers=cfg.layers,
-                                  freeze_embeddings=cfg.freeze_embeddings,
-                                  freeze_layers=cfg.freeze_layers)
-    model = ray.train.torch.prepare_model(model)
-    bare = model.module if hasattr(model, "module") else model
-    device = ray.train.torch.get_device()
-    use_bf16 = device.type == "cuda"  # bf16 autocast on GPUs; fp32 on CPU
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, -(-config["n_train"] // (cfg.batch_size * world)))
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total), total)
-    shard = ray.train.get_dataset_shard("train")
-    step = 0
-    for epoch in range(cfg.epochs):
-        model.train()
-        losses = []
-        t0 = time.time()
-        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                        local_shuffle_buffer_size=4 * cfg.batch_size,
-                                        local_shuffle_seed=cfg.seed + epoch):
-            words = [list(t) for t in batch["tokens"]]
-            tags = [list(t) for t in batch["tags"]]
-            enc = encode_words(tokenizer, words, tags, label2id, max_length=cfg.max_length)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model(input_ids=enc.input_ids.to(device),
-                             attention_mask=enc.attention_mask.to(device),
-                             labels=enc.labels.to(device)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        metrics = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses or [0])),
-                   "epoch_seconds": round(time.time() - t0, 1), "dev_f1": 0.0}
-        if rank == 0:
-            pred = predict_tags(bare, tokenizer, config["dev_tokens"], device=device)
-            dev = score_tags(config["dev_tags"], pred)
-            metrics.update(dev_f1=dev["f1"], dev_precision=dev["precision"],
-                           dev_recall=dev["recall"])
-            print(f"[teacher] epoch {epoch + 1} step {step} loss {metrics['train_loss']:.4f} "
-                  f"dev F1 {dev['f1']:.4f} ({metrics['epoch_seconds']}s)", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                bare.save_pretrained(tmp, safe_serialization=True)
-                tokenizer.save_pretrained(tmp)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)  # every rank reports: it is a barrier in Ray Train
-        if cfg.max_steps and step >= cfg.max_steps:
-            break
+    return fit(cfg, loss="ce", labels=labels, dataset=ds, n_train=len(train), dev=dev,
+               name="teacher", extra_summary={"rejects": {"train": dict(train_rej.counts),
+                                                          "dev": dict(dev_rej.counts)}})

@@ -1,0 +1,62 @@
+"""Distillation through Ray Train from a real store's pseudo-labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xner_ray.demo import sample_path
+
+
+def _mse_to_teacher(student_dir, store, run_id) -> float:
+    """Mean RIKD-Eq.6-style MSE between a model's and the stored teacher distributions."""
+    from xner_ray.models.classifier import load_token_classifier, load_tokenizer, predict_log_probs
+    from xner_ray.sqlshell import connect
+
+    rows = connect(store).execute(
+        "SELECT s.tokens, p.probs FROM pseudo_labels p JOIN sentences s USING (run_id, lang, round,"
+        " sent_id) WHERE p.run_id = ? ORDER BY p.sent_id LIMIT 60", [run_id]).fetchall()
+    model = load_token_classifier(str(student_dir))
+    lps = predict_log_probs(model, load_tokenizer(str(student_dir)), [r[0] for r in rows])
+    return float(np.mean([((np.exp(lp) - np.array(p)) ** 2).mean() for lp, (_, p) in zip(lps, rows)]))
+
+
+@pytest.mark.slow
+def test_student_learns_the_teacher_distribution(ray_cluster, tiny_teacher_dir, tiny_model_dir,
+                                                 tmp_path):
+    import torch
+
+    from xner_ray.labeling.pipeline import LabelConfig, label
+    from xner_ray.models.classifier import load_token_classifier, load_tokenizer
+    from xner_ray.train.distill import DistillConfig, distill
+
+    store = str(tmp_path / "store")
+    label(LabelConfig(teachers=[str(tiny_teacher_dir)], store=store, run_id="kd",
+                      inputs=[{"path": str(sample_path("de.train.txt")), "lang": "de"}],
+                      selector="top_rho:confidence:0.5"))
+    # the untrained student, for a before/after comparison
+    torch.manual_seed(42)
+    init = tmp_path / "init"
+    load_token_classifier(str(tiny_model_dir), ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER",
+                                                "I-PER"]).save_pretrained(init)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(init)
+    before = _mse_to_teacher(init, store, "kd")
+
+    out = distill(DistillConfig(store=store, run_id="kd", lang="de", round=0,
+                                dev=str(sample_path("en.dev.txt")), out=str(tmp_path / "student"),
+                                model=str(tiny_model_dir), epochs=3, batch_size=16, lr=3e-3))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["n_train"] == 250  # top-rho 0.5 of 500 sentences: selected rows only
+    assert summary["best"]["step"] in (16, 32, 48)  # ceil(250 / 16) = 16 steps per epoch
+    assert not (out / "train_set.parquet").exists()
+    after = _mse_to_teacher(out, store, "kd")
+    assert after < 0.5 * before, (before, after)
+
+
+def test_missing_round_is_a_clear_error(tmp_path):
+    from xner_ray.train.distill import export_training_set
+
+    with pytest.raises(ValueError, match=r"no complete round 2 for run 'x', language 'es'"):
+        export_training_set(str(tmp_path), "x", "es", 2, tmp_path / "t.parquet")

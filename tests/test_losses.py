@@ -1,0 +1,52 @@
+"""KD loss: masks, weights and hand-computed values (TSL Eq. 3-4, RIKD Eq. 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xner_ray.train.losses import gather_words, kd_mse_loss, teacher_tensor
+
+
+def test_kd_mse_matches_hand_computation():
+    # 2 sentences, up to 2 words, 2 labels; student logits chosen so softmax is easy to write
+    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]],
+                                     [[0.2, 0.8], [0.3, 0.7]]]))
+    teacher = torch.tensor([[[1.0, 0.0], [1.0, 0.0]],
+                            [[0.0, 1.0], [0.5, 0.5]]])
+    mask = torch.tensor([[True, True], [True, False]])  # 2nd word of sentence 2 is padding
+    w = torch.tensor([1.0, 3.0])
+    # sentence 1: word MSEs ((.5^2+.5^2)/2, (.1^2+.1^2)/2) = (.25, .01) -> mean .13
+    # sentence 2: word 1 only: (.2^2 + .2^2)/2 = .04
+    expected = (1.0 * 0.13 + 3.0 * 0.04) / 4.0
+    assert kd_mse_loss(logits, teacher, mask, w).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_masked_words_and_zero_weights_get_no_gradient():
+    logits = torch.randn(3, 4, 5, requires_grad=True)
+    teacher = torch.softmax(torch.randn(3, 4, 5), -1)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    loss = kd_mse_loss(logits, teacher, mask, torch.tensor([1.0, 0.0, 2.0]))
+    loss.backward()
+    g = logits.grad.abs().sum(-1)
+    assert (g[0, :2] > 0).all() and (g[0, 2:] == 0).all()
+    assert (g[1] == 0).all()  # weight 0: a discarded instance teaches nothing
+    assert (g[2, 0] > 0) and (g[2, 1:] == 0).all()
+
+
+def test_all_weights_zero_is_zero_not_nan():
+    loss = kd_mse_loss(torch.randn(2, 3, 4), torch.rand(2, 3, 4), torch.ones(2, 3, dtype=torch.bool),
+                       torch.zeros(2))
+    assert loss.item() == 0.0
+
+
+def test_gather_words_and_teacher_tensor():
+    logits = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)
+    words, mask = gather_words(logits, [np.array([1, 3]), np.array([1, -1, -1])])
+    assert words.shape == (2, 3, 2)
+    assert mask.tolist() == [[True, True, False], [True, False, False]]
+    assert words[0, 0].tolist() == logits[0, 1].tolist() and words[0, 1].tolist() == logits[0, 3].tolist()
+    t = teacher_tensor([[[0.1, 0.9], [0.5, 0.5]], [[1.0, 0.0]]], words.shape)
+    np.testing.assert_allclose(t[0, :2].numpy(), [[0.1, 0.9], [0.5, 0.5]], rtol=1e-6)
+    assert t[1].tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]

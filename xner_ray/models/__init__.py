@@ -1,0 +1,1 @@
+"""Model loading: the token classifier and the embedded builtin models."""
