@@ -88,6 +88,7 @@ def _teacher_resources(cfg: LabelConfig) -> dict:
 def build_dataset(cfg: LabelConfig, collector, *, langs: set[str]):
     """The lazy Ray Data pipeline for the inputs of ``langs``."""
     import ray
+    from ray.data import ActorPoolStrategy
 
     from xner_ray.labeling.source import make_datasource
     from xner_ray.labeling.stages import SubwordStage, TeacherStage
@@ -99,15 +100,16 @@ def build_dataset(cfg: LabelConfig, collector, *, langs: set[str]):
                                                   rows_per_block=cfg.block_rows),
                                   num_cpus=0.25)
     ds = ds.map_batches(SubwordStage, fn_constructor_args=(cfg.teachers[0], cfg.max_length),
-                        batch_size=cfg.block_rows, batch_format="pyarrow", concurrency=1,
-                        num_cpus=0.25)
+                        batch_size=cfg.block_rows, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(size=1), num_cpus=0.25)
     return ds.map_batches(
         TeacherStage, fn_constructor_args=(cfg.teachers,),
         fn_constructor_kwargs=dict(weights=cfg.weights, student=cfg.student,
                                    batch_size=cfg.batch_size, threads=res["threads"],
                                    teacher_id=_teacher_id(cfg)),
-        batch_size=cfg.block_rows, batch_format="pyarrow", concurrency=res["concurrency"],
-        num_cpus=res["num_cpus"], num_gpus=res["num_gpus"])
+        batch_size=cfg.block_rows, batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=res["concurrency"]), num_cpus=res["num_cpus"],
+        num_gpus=res["num_gpus"])
 
 
 def _teacher_id(cfg: LabelConfig) -> str:
@@ -124,7 +126,7 @@ def label(cfg: LabelConfig) -> dict:
     import ray
 
     from xner_ray.labeling.source import RejectCollector
-    from xner_ray.models.classifier import load_token_classifier
+    from xner_ray.models.classifier import model_labels
     from xner_ray.selectors import make_selector
     from xner_ray.store import Store
 
@@ -136,9 +138,7 @@ def label(cfg: LabelConfig) -> dict:
         print(f"[label] {cfg.run_id} {l} round {cfg.round}: complete already, skipped", flush=True)
     summary = {}
     if todo:
-        head = load_token_classifier(cfg.teachers[0])
-        labels = [head.config.id2label[i] for i in range(head.config.num_labels)]
-        del head
+        labels = model_labels(cfg.teachers[0])
         collector = ray.remote(num_cpus=0)(RejectCollector).remote()
         started = time.time()
         summary = _stream(cfg, store, build_dataset(cfg, collector, langs=todo), todo, labels,

@@ -29,6 +29,14 @@ def resolve(name_or_path: str) -> str:
     return resolve_model(name_or_path)
 
 
+def quiet_transformers() -> None:
+    """Silence per-load reports and progress bars: a new head is always 'missing' here."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
@@ -56,6 +64,7 @@ def load_token_classifier(
     """
     from transformers import AutoConfig, AutoModelForTokenClassification
 
+    quiet_transformers()
     path = resolve(name_or_path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     stored = _stored_labels(config)
@@ -77,6 +86,17 @@ def load_token_classifier(
         path, use_safetensors=True, trust_remote_code=False, **kwargs)
     freeze(model, embeddings=freeze_embeddings, bottom_layers=freeze_layers)
     return model
+
+
+def model_labels(name_or_path: str) -> list[str]:
+    """The label set of a trained NER checkpoint, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    labels = _stored_labels(AutoConfig.from_pretrained(resolve(name_or_path),
+                                                       trust_remote_code=False))
+    if labels is None:
+        raise ValueError(f"{name_or_path} has no NER head (no label set in its config)")
+    return labels
 
 
 def _stored_labels(config) -> Optional[list[str]]:

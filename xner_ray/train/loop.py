@@ -103,6 +103,9 @@ def fit(cfg: TrainConfig, *, loss: str, labels: list[str], dataset, n_train: int
     out.mkdir(parents=True, exist_ok=True)
     resolve(cfg.model)  # convert a builtin model once here, not in every worker
     res = derive_workers(cfg.num_workers, cfg.use_gpu)
+    # Per-epoch lines from rank 0 are the progress of a training run; Ray Data's ingest bars
+    # (one per epoch, re-drawn every second) would drown them.
+    dataset.context.enable_progress_bars = False
     loop_cfg = dict(cfg=dataclasses.asdict(cfg), loss=loss, labels=labels,
                     threads=res.torch_threads, n_train=n_train,
                     dev_tokens=[s.tokens for s in dev], dev_tags=[s.tags for s in dev])

@@ -1,0 +1,1 @@
+"""Method pieces from the papers that sit between models and training (e.g. teacher weighting)."""
