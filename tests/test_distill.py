@@ -56,7 +56,7 @@ def test_student_learns_the_teacher_distribution(ray_cluster, tiny_teacher_dir, 
 
 
 def test_missing_round_is_a_clear_error(tmp_path):
-    from xner_ray.train.distill import export_training_set
+    from xner_ray.train.distill import committed_round
 
     with pytest.raises(ValueError, match=r"no complete round 2 for run 'x', language 'es'"):
-        export_training_set(str(tmp_path), "x", "es", 2, tmp_path / "t.parquet")
+        committed_round(str(tmp_path), "x", "es", 2)

@@ -11,13 +11,14 @@ atomically; a complete one is skipped on rerun, an interrupted one is redone cle
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -123,73 +124,89 @@ LABEL_FIELDS = ("sent_id", "teacher", "tags", "probs", "confidence", "f_conf", "
 
 def label(cfg: LabelConfig) -> dict:
     """Run the labeling job; returns per-language counts. Needs a connected Ray cluster."""
-    import ray
-
-    from xner_ray.labeling.source import RejectCollector
-    from xner_ray.models.classifier import model_labels
-    from xner_ray.selectors import make_selector
     from xner_ray.store import Store
 
     store = Store(cfg.store)
     store.record_run(cfg.run_id, "label", cfg.run_config())
-    langs = sorted({i.lang for i in cfg.inputs})
-    todo = {l for l in langs if not store.is_complete(cfg.run_id, l, cfg.round)}
-    for l in sorted(set(langs) - todo):
-        print(f"[label] {cfg.run_id} {l} round {cfg.round}: complete already, skipped", flush=True)
-    summary = {}
-    if todo:
-        labels = model_labels(cfg.teachers[0])
-        collector = ray.remote(num_cpus=0)(RejectCollector).remote()
-        started = time.time()
-        summary = _stream(cfg, store, build_dataset(cfg, collector, langs=todo), todo, labels,
-                          make_selector(cfg.selector), collector)
-        for l, s in summary.items():
-            s["seconds"] = round(time.time() - started, 1)
-            print(f"[label] {l}: {s['sentences']} sentences, {s['entities']} entities, "
-                  f"{s['selected']} selected, {s['rejects']} rejects -> round {cfg.round}",
-                  flush=True)
+    with open_rounds(cfg, store) as rounds:
+        summary = {l: w.meta["counts"] for l, w in rounds.items()}
+    if summary:
         store.update_run(cfg.run_id, round=cfg.round, metrics=summary)
     store.update_run(cfg.run_id, status="succeeded")
     return summary
 
 
-def _stream(cfg, store, ds, langs, labels, selector, collector) -> dict:
-    """Consume the dataset on the driver into one RoundWriter per language."""
-    import contextlib
+@contextlib.contextmanager
+def open_rounds(cfg: LabelConfig, store) -> Iterator[dict]:
+    """Label every language of ``cfg`` whose round is not complete yet, into one uncommitted
+    ``RoundWriter`` per language, and yield them ({lang: writer}).
 
+    Inside the block the caller may read the round's files (``writer.files(...)``), train on
+    them and ``rewrite`` them (RIKD fills ``policy_p``/``selected`` after training); leaving the
+    block commits every round atomically, an exception commits none. Languages complete
+    already are skipped (and absent from the dict). Counts are in ``writer.meta["counts"]``.
+    """
     import ray
 
-    counts = {l: {"sentences": 0, "entities": 0, "selected": 0, "rejects": 0} for l in langs}
+    from xner_ray.labeling.source import RejectCollector
+    from xner_ray.models.classifier import model_labels
+    from xner_ray.selectors import make_selector
+
+    langs = sorted({i.lang for i in cfg.inputs})
+    todo = sorted(l for l in langs if not store.is_complete(cfg.run_id, l, cfg.round))
+    for l in sorted(set(langs) - set(todo)):
+        print(f"[label] {cfg.run_id} {l} round {cfg.round}: complete already, skipped", flush=True)
+    if not todo:
+        yield {}
+        return
+    selector = make_selector(cfg.selector)
     meta = {"teachers": cfg.teachers, "weights": cfg.weights, "selector": selector.id}
     with contextlib.ExitStack() as stack:
         writers = {l: stack.enter_context(store.round_writer(
-            cfg.run_id, l, cfg.round, labels=labels, meta=meta,
-            rows_per_file=cfg.rows_per_file)) for l in langs}
-        set_scores = {l: [] for l in langs}
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for l in langs:
-                part = batch.filter(pc.equal(batch.column("lang"), l))
-                if not part.num_rows:
-                    continue
-                if selector.scope == "set":
-                    set_scores[l].append(part.select(list(dict.fromkeys(selector.columns))))
-                    part = _keep_all(part)  # decided after the whole set is seen
-                else:
-                    part = selector(part)
-                _write(writers[l], part)
-                c = counts[l]
-                c["sentences"] += part.num_rows
-                c["entities"] += int(pc.sum(part.column("n_entities")).as_py() or 0)
-                c["selected"] += int(pc.sum(part.column("selected").cast(pa.int64()))
-                                     .as_py() or 0)
-        for l, sink in ray.get(collector.drain.remote()).items():
-            if l in writers:
-                writers[l].write_rejects(sink)
-                counts[l]["rejects"] = sink.total
-        if selector.scope == "set":
-            for l in langs:
-                counts[l]["selected"] = _apply_set_selector(writers[l], selector, set_scores[l])
-    return counts
+            cfg.run_id, l, cfg.round, labels=model_labels(cfg.teachers[0]), meta=dict(meta),
+            rows_per_file=cfg.rows_per_file)) for l in todo}
+        collector = ray.remote(num_cpus=0)(RejectCollector).remote()
+        started = time.time()
+        _stream(build_dataset(cfg, collector, langs=set(todo)), writers, selector, collector)
+        for l, w in writers.items():
+            c = w.meta["counts"]
+            c["seconds"] = round(time.time() - started, 1)
+            print(f"[label] {l}: {c['sentences']} sentences, {c['entities']} entities, "
+                  f"{c['selected']} selected, {c['rejects']} rejects -> round {cfg.round}",
+                  flush=True)
+        yield writers
+
+
+def _stream(ds, writers: dict, selector, collector) -> None:
+    """Consume the dataset on the driver into the language's writers, counting as it goes."""
+    import ray
+
+    for w in writers.values():
+        w.meta["counts"] = {"sentences": 0, "entities": 0, "selected": 0, "rejects": 0}
+    set_scores = {l: [] for l in writers}
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for l, writer in writers.items():
+            part = batch.filter(pc.equal(batch.column("lang"), l))
+            if not part.num_rows:
+                continue
+            if selector.scope == "set":
+                set_scores[l].append(part.select(list(dict.fromkeys(selector.columns))))
+                part = _keep_all(part)  # decided after the whole set is seen
+            else:
+                part = selector(part)
+            _write(writer, part)
+            c = writer.meta["counts"]
+            c["sentences"] += part.num_rows
+            c["entities"] += int(pc.sum(part.column("n_entities")).as_py() or 0)
+            c["selected"] += int(pc.sum(part.column("selected").cast(pa.int64())).as_py() or 0)
+    for l, sink in ray.get(collector.drain.remote()).items():
+        if l in writers:
+            writers[l].write_rejects(sink)
+            writers[l].meta["counts"]["rejects"] = sink.total
+    if selector.scope == "set":
+        for l, writer in writers.items():
+            writer.meta["counts"]["selected"] = _apply_set_selector(writer, selector,
+                                                                    set_scores[l])
 
 
 def _keep_all(part: pa.Table) -> pa.Table:

@@ -197,6 +197,15 @@ class RoundWriter:
                                      .cast(spec.file_schema))
         return full.num_rows
 
+    def files(self, table: str) -> list[str]:
+        """Full paths of the files written so far to ``table`` in this (uncommitted) round,
+        flushed so they can be read; a later write starts a new file."""
+        part = self._parts.get(table)
+        if self.skipped or part is None:
+            return []
+        part.close()
+        return [f"{part.dir}/{name}" for name in part.files]
+
     def rewrite(self, table: str, fn) -> None:
         """Before commit, replace each written file of ``table`` by ``fn(file_table)``.
 

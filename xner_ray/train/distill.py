@@ -33,16 +33,9 @@ class DistillConfig(TrainConfig):
             raise ValueError(f"round must be >= 0, got {self.round}")
 
 
-def export_training_set(store_root: str, run_id: str, lang: str, round: int, dest: Path, *,
-                        selected_only: bool = True) -> tuple[int, list[str]]:
-    """Write (tokens, probs, weight) rows of a committed round to ``dest``; returns (rows, labels).
-
-    Reads only the files the round's manifest lists (never a partial round). Duplicate
-    sentences share a sent_id and identical tokens, so the sentence side is de-duplicated
-    before the join.
-    """
-    import duckdb
-
+def committed_round(store_root: str, run_id: str, lang: str, round: int
+                    ) -> tuple[dict[str, list[str]], list[str]]:
+    """The files ({table: paths}) and label set of a committed round -- never a partial one."""
     from xner_ray.store import Store
 
     store = Store(store_root)
@@ -52,14 +45,27 @@ def export_training_set(store_root: str, run_id: str, lang: str, round: int, des
                          f"{store_root}; complete rounds: {store.complete_rounds(run_id, lang)}")
     files = {t: [f"{store.root}/{f}" for f in manifest["tables"][t]["files"]]
              for t in ("sentences", "pseudo_labels")}
-    if not files["pseudo_labels"]:
-        raise ValueError(f"round {round} of {run_id!r}/{lang} has no pseudo-labels")
+    return files, manifest["labels"]
+
+
+def export_training_set(files: dict[str, list[str]], dest: Path, *,
+                        selected_only: bool = True) -> int:
+    """Write the (sent_id, tokens, probs, weight) training rows of a round to ``dest``.
+
+    ``files`` holds the round's ``sentences`` and ``pseudo_labels`` Parquet files (committed,
+    or those of a round still being written). Duplicate sentences share a sent_id and identical
+    tokens, so the sentence side is de-duplicated before the join. Returns the row count.
+    """
+    import duckdb
+
+    if not files.get("pseudo_labels"):
+        raise ValueError("the round has no pseudo-labels")
     where = "WHERE p.selected AND p.weight > 0" if selected_only else ""
+    weight = "p.weight" if selected_only else "1.0"
     con = duckdb.connect()
     con.execute(f"""
         COPY (
-          SELECT s.tokens, p.probs, CASE WHEN {str(selected_only).upper()} THEN p.weight
-                                        ELSE 1.0 END::FLOAT AS weight
+          SELECT p.sent_id, s.tokens, p.probs, {weight}::FLOAT AS weight
           FROM read_parquet($pl) p
           JOIN (SELECT DISTINCT ON (sent_id) sent_id, tokens FROM read_parquet($se)) s
             USING (sent_id)
@@ -67,8 +73,8 @@ def export_training_set(store_root: str, run_id: str, lang: str, round: int, des
         ) TO '{dest}' (FORMAT parquet)""", {"pl": files["pseudo_labels"], "se": files["sentences"]})
     n = con.execute("SELECT count(*) FROM read_parquet($d)", {"d": str(dest)}).fetchone()[0]
     if n == 0:
-        raise ValueError(f"round {round} of {run_id!r}/{lang}: no selected pseudo-labels to learn")
-    return n, manifest["labels"]
+        raise ValueError("the round has no selected pseudo-labels to learn from")
+    return n
 
 
 def distill(cfg: DistillConfig) -> Path:
@@ -78,8 +84,8 @@ def distill(cfg: DistillConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "train_set.parquet"
-    n, labels = export_training_set(cfg.store, cfg.run_id, cfg.lang, cfg.round, data,
-                                    selected_only=cfg.selected_only)
+    files, labels = committed_round(cfg.store, cfg.run_id, cfg.lang, cfg.round)
+    n = export_training_set(files, data, selected_only=cfg.selected_only)
     dev, dev_rej = read_labeled(cfg.dev, "source dev")
     unknown = sorted({t for s in dev for t in s.tags} - set(labels))
     if unknown:

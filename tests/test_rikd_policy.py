@@ -1,0 +1,171 @@
+"""RIKD selector: state features, policy, REINFORCE (Eq. 4), delayed reward (Eq. 3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from xner_ray.methods.rikd_policy import (Cached, Policy, RLSelector, StateEncoder, StateInputs,
+                                          delayed_reward, log_prob, reinforce_update,
+                                          sample_actions, subbatch_kd_loss)
+from xner_ray.scores import agreement, f_conf
+from xner_ray.train.losses import kd_mse_loss
+
+LABELS = ["O", "B-PER", "I-PER"]
+
+
+def hand_batch(hidden: int = 4) -> StateInputs:
+    """2 sentences: 3 words, and 2 words + 1 padding word (tag -100, junk values)."""
+    teacher = torch.tensor([[[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6]],
+                            [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.3, 0.3, 0.4]]])
+    student = torch.tensor([[[0.5, 0.25, 0.25], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6]],
+                            [[0.8, 0.2, 0.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]])
+    tags = torch.tensor([[0, 1, 2], [0, 1, -100]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    hidden_states = torch.randn(2, 3, hidden, generator=torch.Generator().manual_seed(0))
+    return StateInputs(teacher, tags, student, hidden_states, mask)
+
+
+def test_raw_state_features_match_hand_computation():
+    x = hand_batch()
+    raw = StateEncoder(LABELS, hidden_size=4).raw_features(x)
+    assert raw["f_entities"].tolist() == [2.0, 1.0]          # non-O words; padding not counted
+    assert raw["f_length"].tolist() == [3.0, 2.0]
+    conf = [-(math.log(0.8) + math.log(0.7) + math.log(0.6)) / 3, math.log(2) / 2]
+    np.testing.assert_allclose(raw["f_conf"].numpy(), conf, rtol=1e-6)
+    # sentence 1: word 1 MSE (.3^2 + .15^2 + .15^2) / 3 = .045, others 0 -> .015
+    # sentence 2: word 1 MSE (.2^2 + .2^2 + 0) / 3, word 2: 0 -> .04 / 3
+    np.testing.assert_allclose(raw["f_agree"].numpy(), [0.015, 0.04 / 3], rtol=1e-5)
+    # same definitions as the store's scores (numpy) on the unpadded sentences
+    t, s = x.teacher_probs.numpy(), x.student_probs.numpy()
+    assert raw["f_conf"][1].item() == pytest.approx(f_conf(t[1, :2], ["O", "B-PER"], LABELS))
+    assert raw["f_agree"][1].item() == pytest.approx(-agreement(t[1, :2], s[1, :2]), rel=1e-5)
+    # and f_agree is the per-sentence term of the KD loss (RIKD Eq. 1)
+    kd = kd_mse_loss(x.student_probs[:1].log(), x.teacher_probs[:1], x.mask[:1], torch.ones(1))
+    assert raw["f_agree"][0].item() == pytest.approx(kd.item(), rel=1e-5)
+
+
+def test_state_layout_scaling_and_padding_invariance():
+    torch.manual_seed(0)
+    enc = StateEncoder(LABELS, hidden_size=4)
+    x = hand_batch()
+    s = enc(x)
+    assert s.shape == (2, 256 + 4) and enc.state_dim == 260
+    assert enc.semantic(x).shape == (2, 256)
+    # [f_entities, f_conf, f_agree, f_semantic (256), f_length], scaled as documented
+    assert s[0, 0].item() == pytest.approx(math.log1p(2.0))
+    assert s[1, 1].item() == pytest.approx(math.log1p(math.log(2) / 2), rel=1e-6)
+    assert s[0, 2].item() == pytest.approx(math.sqrt(3 * 0.015), rel=1e-5)
+    assert s[:, -1].tolist() == pytest.approx([math.log1p(3.0), math.log1p(2.0)])
+    # other padding content -> the same state
+    y = hand_batch()
+    y.student_hidden[1, 2] = 1e3
+    y.teacher_tags[1, 2] = 2
+    y.teacher_probs[1, 2] = torch.tensor([0.0, 0.0, 1.0])
+    y.student_probs[1, 2] = torch.tensor([0.0, 1.0, 0.0])
+    assert torch.equal(enc(y), s)
+
+
+def test_state_inputs_shape_and_tag_checks():
+    x = hand_batch()
+    with pytest.raises(ValueError, match="share"):
+        StateInputs(x.teacher_probs, x.teacher_tags, x.student_probs, x.student_hidden[:, :2],
+                    x.mask)
+    x.teacher_tags[0, 0] = 7
+    with pytest.raises(ValueError, match="outside"):
+        StateEncoder(LABELS, 4).raw_features(x)
+    with pytest.raises(ValueError, match="no 'O'"):
+        StateEncoder(["B-PER", "I-PER"], 4)
+
+
+def test_delayed_reward_sign():
+    assert delayed_reward(0.5, 0.3) == pytest.approx(0.2)   # the kept sub-batch got easier
+    assert delayed_reward(0.3, 0.5) == pytest.approx(-0.2)
+    assert delayed_reward(0.4, 0.4) == 0.0
+    with pytest.raises(ValueError):
+        delayed_reward(float("nan"), 0.1)
+
+
+def test_single_update_matches_hand_computation():
+    pol = Policy(state_dim=1, hidden=1)
+    w1, b1, w2, b2 = 0.5, 0.1, 0.8, -0.2
+    with torch.no_grad():
+        pol.fc1.weight.fill_(w1), pol.fc1.bias.fill_(b1)
+        pol.fc2.weight.fill_(w2), pol.fc2.bias.fill_(b2)
+    s, a, r, lr = [1.0, 2.0], [1, 0], 0.7, 0.01
+    # grad log pi(a|s) wrt z is (a - p); dz/d(w1, b1, w2, b2) = (w2 s, w2, h, 1) with relu active
+    grads = np.zeros(4)
+    for si, ai in zip(s, a):
+        h = max(w1 * si + b1, 0.0)
+        p = 1 / (1 + math.exp(-(w2 * h + b2)))
+        grads += (ai - p) * np.array([w2 * si, w2, h, 1.0]) / len(s)  # Eq. 4: 1/|S| sum_i
+    expected = np.array([w1, b1, w2, b2]) + lr * r * grads
+    opt = torch.optim.SGD(pol.parameters(), lr=lr)
+    states, actions = torch.tensor(s).unsqueeze(1), torch.tensor(a, dtype=torch.bool)
+    reinforce_update(opt, log_prob(pol.logits(states), actions), r)
+    got = [pol.fc1.weight.item(), pol.fc1.bias.item(), pol.fc2.weight.item(), pol.fc2.bias.item()]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_reinforce_learns_to_keep_good_and_drop_bad_instances():
+    torch.manual_seed(0)
+    states = torch.zeros(16, 4)
+    states[:8, 0], states[8:, 1] = 1.0, 1.0                   # 8 of type A, 8 of type B
+    sel = RLSelector(nn.Identity(), Policy(4), lr=0.01, generator=torch.Generator().manual_seed(1))
+    p0 = sel.policy(states)
+    assert torch.allclose(p0, torch.full((16,), 0.5))          # neutral start
+    for _ in range(200):
+        keep, _, cached = sel.act(states)
+        r = (keep[:8].sum() - keep[8:].sum()).item() / 8.0     # keeping A helps, keeping B hurts
+        sel.learn(cached, r)
+    p = sel.policy(states).detach()
+    assert p[:8].min() > 0.8 and p[8:].max() < 0.2
+    assert len(sel.history) == 200 and sel.history[-1]["discard_ratio"] > 0.3
+
+
+def test_policy_update_leaves_the_student_alone():
+    torch.manual_seed(0)
+    student, head = nn.Linear(5, 4), nn.Linear(4, 3)             # stand-ins for encoder + NER head
+    hidden = student(torch.randn(2, 3, 5))                       # [B, T, H] with a graph
+    x = hand_batch()
+    x = StateInputs.from_student(head(hidden), hidden, x.teacher_probs, x.mask, x.teacher_tags)
+    sel = RLSelector.build(LABELS, hidden_size=4, seed=0)
+    proj0 = sel.encoder.proj.weight.detach().clone()
+    for r in (0.5, -0.3):                                        # W2 starts at 0: 2 steps reach W_u
+        keep, p, cached = sel.act(x)
+        sel.learn(cached, r)
+    assert student.weight.grad is None and head.weight.grad is None
+    assert not torch.equal(sel.encoder.proj.weight, proj0)       # the selector's own parts learn
+    assert set(sel.history[-1]) >= {"step", "discard_ratio", "reward", "mean_p"}
+
+
+def test_all_discard_batch_and_batch_of_one():
+    x = hand_batch()
+    sel = RLSelector.build(LABELS, hidden_size=4, init_keep=1e-6, seed=0)
+    keep, p, cached = sel.act(x)
+    assert not keep.any() and cached.n_kept == 0
+    assert subbatch_kd_loss(x.student_probs.log(), x.teacher_probs, x.mask, keep).item() == 0.0
+    before = [q.detach().clone() for q in sel.parameters()]
+    rec = sel.learn(cached, None)                                 # student update skipped
+    assert rec["empty"] and rec["discard_ratio"] == 1.0 and rec["reward"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, sel.parameters()))  # r = 0: no change
+    assert sel.summary()["empty_steps"] == 1
+    # a negative empty_reward pushes the policy towards keeping
+    sel.empty_reward = -1.0
+    sel.learn(cached, None)
+    assert sel.policy(sel.encoder(x)).mean().item() > p.mean().item()
+    with pytest.raises(ValueError, match="reward is required"):
+        sel.learn(Cached(cached.inputs, torch.ones(2, dtype=torch.bool), cached.p, 9), None)
+    one = StateInputs(x.teacher_probs[:1, :1], x.teacher_tags[:1, :1], x.student_probs[:1, :1],
+                      x.student_hidden[:1, :1], x.mask[:1, :1])
+    keep1, p1, c1 = RLSelector.build(LABELS, hidden_size=4, seed=0).act(one)
+    assert keep1.shape == (1,) and p1.shape == (1,)
+
+
+def test_sample_actions_frequency():
+    a = sample_actions(torch.full((4000,), 0.3), torch.Generator().manual_seed(0))
+    assert a.dtype == torch.bool and abs(a.float().mean().item() - 0.3) < 0.03
