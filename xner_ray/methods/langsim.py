@@ -13,23 +13,31 @@ unlabeled target sentences look like each source language:
 3. ``alpha_k`` = the target-set average of softmax(s / tau) (Eq. 11), tau = the variance of all
    target scores (``teacher_weights``); without source data, ``alpha_k = 1/K`` (Eq. 7).
 
-Decisions the paper leaves open (documented where they are made): Adam (lr 1e-3, 10 epochs,
+Decisions the paper leaves open (documented where they are made): Adam (lr 1e-3, 3 epochs,
 batch 32) for Eq. 10; population variance for tau; embeddings used as the encoder gives them
 (no centring or scaling), as the paper describes.
+
+Known property of tau = variance: s / var(s) shrinks as the scores grow, so the longer Eq. 10
+trains (the more confident the language-ID model), the closer the weights get to uniform.
+``teacher_weights(..., tau=...)`` takes a fixed temperature for ablations.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from xner_ray.models.classifier import length_buckets, load_tokenizer, max_tokens, resolve
+from xner_ray.models.classifier import (
+    length_buckets,
+    load_tokenizer,
+    max_tokens,
+    resolve,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -201,14 +209,16 @@ def _stack_sources(embeddings_by_lang: Mapping[str, np.ndarray]
 
 
 def fit_language_similarity(embeddings_by_lang: Mapping[str, np.ndarray], *, d: int = 64,
-                            gamma: float = 0.01, epochs: int = 10, lr: float = 1e-3,
+                            gamma: float = 0.01, epochs: int = 3, lr: float = 1e-3,
                             batch_size: int = 32, seed: int = 0) -> LanguageSimilarity:
     """Train M = U^T V and P on the language-ID task (TSL Eq. 10); returns the model in eval mode.
 
     The paper gives no optimiser for Eq. 10. We use Adam (lr 1e-3): its per-parameter step
     size does not depend on the scale of the encoder's embeddings (mBERT [CLS] norms are ~10,
     toy data ~1), and it leaves the saddle at the small random init of U, V quickly. Batches
-    of 32 as the paper's other training. Shuffling is seeded, so a fit is reproducible.
+    of 32 and 3 epochs as the paper's other training: more epochs only grow the scores, which
+    (with tau = variance in Eq. 11) pulls the weights towards uniform. Shuffling is seeded,
+    so a fit is reproducible.
     """
     langs, x, y = _stack_sources(embeddings_by_lang)
     means = np.stack([x[y == k].mean(0).numpy() for k in range(len(langs))])
@@ -258,29 +268,36 @@ def temperature(scores: np.ndarray) -> float:
     return float(np.var(scores))
 
 
-def teacher_weights(model: LanguageSimilarity, target_embeddings: np.ndarray
-                    ) -> dict[str, float]:
+def teacher_weights(model: LanguageSimilarity, target_embeddings: np.ndarray, *,
+                    tau: Optional[float] = None) -> dict[str, float]:
     """TSL Eq. 11: alpha_k = mean over target sentences of softmax_k(s(x', mu_k) / tau).
 
-    tau = 0 means every score is the same, so no language is closer than another: the
-    weights are then uniform (Eq. 7) and we say so, instead of dividing by zero.
+    ``tau=None`` is the paper's choice, the variance of all target scores. tau = 0 means
+    every score is the same, so no language is closer than another: the weights are then
+    uniform (Eq. 7) and we say so, instead of dividing by zero.
     """
-    return _weights_from_scores(model.langs, target_scores(model, target_embeddings))
+    return _weights_from_scores(model.langs, target_scores(model, target_embeddings), tau)
 
 
-def _weights_from_scores(langs: Sequence[str], scores: np.ndarray) -> dict[str, float]:
-    tau = temperature(scores)
-    scale = max(1.0, float(np.mean(scores ** 2)))
-    if not math.isfinite(tau) or tau <= 1e-12 * scale:
+def _weights_from_scores(langs: Sequence[str], scores: np.ndarray,
+                         tau: Optional[float] = None) -> dict[str, float]:
+    if not np.isfinite(scores).all():
+        raise ValueError("language similarity: non-finite target scores (diverged fit?)")
+    if tau is not None and not tau > 0:
+        raise ValueError(f"tau must be > 0 (or None for the variance of the scores), got {tau}")
+    tau = temperature(scores) if tau is None else float(tau)
+    if tau <= 1e-12 * max(1.0, float(np.mean(scores ** 2))):  # zero up to rounding
         logger.warning("language similarity: all %d target scores are equal (tau=%g); "
                        "using uniform teacher weights (TSL Eq. 7)", scores.size, tau)
         return uniform_weights(langs)
-    z = scores / tau
-    z -= z.max(axis=1, keepdims=True)  # stable softmax
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    alpha = p.mean(axis=0)
+    alpha = _softmax(scores / tau).mean(axis=0)
     return {l: float(a) for l, a in zip(langs, alpha / alpha.sum())}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so exp never overflows."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def similarity_weights(encoder: str | SentenceEncoder,

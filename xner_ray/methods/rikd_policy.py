@@ -60,13 +60,15 @@ class StateInputs:
     def __post_init__(self) -> None:
         b, t = self.mask.shape
         shapes = {"teacher_probs": self.teacher_probs.shape[:2],
-                  "teacher_tags": self.teacher_tags.shape, "student_probs": self.student_probs.shape[:2],
+                  "teacher_tags": self.teacher_tags.shape,
+                  "student_probs": self.student_probs.shape[:2],
                   "student_hidden": self.student_hidden.shape[:2]}
         bad = {k: tuple(v) for k, v in shapes.items() if tuple(v) != (b, t)}
         if bad or self.teacher_probs.shape != self.student_probs.shape:
-            raise ValueError(f"state inputs must share [B, T] = {(b, t)} with the mask and the "
-                             f"teacher/student probs must match; got {bad}, "
-                             f"{tuple(self.teacher_probs.shape)} vs {tuple(self.student_probs.shape)}")
+            raise ValueError(
+                f"state inputs must share [B, T] = {(b, t)} with the mask and the teacher/student "
+                f"probs must match; got {bad}, {tuple(self.teacher_probs.shape)} vs "
+                f"{tuple(self.student_probs.shape)}")
 
     @classmethod
     def from_student(cls, word_logits: torch.Tensor, word_hidden: torch.Tensor,
@@ -79,9 +81,10 @@ class StateInputs:
 
     def detached(self) -> "StateInputs":
         """fp32 copies cut from any graph (cached for the delayed update; no student gradient)."""
-        return StateInputs(self.teacher_probs.detach().float(), self.teacher_tags.detach().long(),
-                           self.student_probs.detach().float(), self.student_hidden.detach().float(),
-                           self.mask.detach().bool())
+        return StateInputs(self.teacher_probs.detach().float(),
+                           self.teacher_tags.detach().long(),
+                           self.student_probs.detach().float(),
+                           self.student_hidden.detach().float(), self.mask.detach().bool())
 
 
 class StateEncoder(nn.Module):
@@ -199,7 +202,8 @@ def delayed_reward(loss_before: float, loss_after: float) -> float:
     updated student (one extra no-grad forward). The paper's Algorithm 2 line 11 ("the training
     loss of the current step and the previous step", the first one initialised from the last
     warm-up step) suggests the authors' code used consecutive training losses instead; that
-    variant is this function called with (previous step's loss, this step's loss).
+    variant is this function called with (previous step's loss, this step's loss). Take both
+    losses in the same mode: dropout noise in a train-mode loss can be as large as the delta.
     """
     before, after = float(loss_before), float(loss_after)
     if not (math.isfinite(before) and math.isfinite(after)):
@@ -236,7 +240,8 @@ class RLSelector(nn.Module):
     All-discard batch: Eq. 3 is undefined on an empty sub-batch, so the trainer skips the
     student update and calls ``learn(cached, None)``; the reward is then ``empty_reward``
     (default 0: no policy change with plain SGD) and the step is recorded with ``empty=True``.
-    A negative ``empty_reward`` pushes a collapsing policy back towards keeping instances.
+    A negative ``empty_reward`` pushes a collapsing policy back towards keeping instances, but
+    weakly: grad log(1 - pi) wrt the logit is -pi, so a saturated policy (pi -> 0) barely moves.
     ``reward_scale`` multiplies r inside Eq. 4 only (history keeps the raw r): KD-loss deltas
     are ~1e-4, so at lr 0.01 the paper's unscaled policy moves very slowly.
     """
@@ -245,6 +250,9 @@ class RLSelector(nn.Module):
                  reward_scale: float = 1.0, empty_reward: float = 0.0, reduction: str = "mean",
                  generator: Optional[torch.Generator] = None):
         super().__init__()
+        if reduction not in ("mean", "sum") or lr <= 0:
+            raise ValueError(f"need lr > 0 and reduction in ('mean', 'sum'), got {lr}, "
+                             f"{reduction!r}")
         self.encoder, self.policy = encoder, policy
         self.optimizer = torch.optim.SGD(self.parameters(), lr=lr)
         self.reward_scale, self.empty_reward, self.reduction = reward_scale, empty_reward, reduction
@@ -258,7 +266,7 @@ class RLSelector(nn.Module):
               **kwargs) -> "RLSelector":
         """The paper's sizes (section 4.2): d_u = 50, d_z = d_s = 256, SGD lr 0.01."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        with torch.random.fork_rng(enabled=seed is not None):
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             enc = StateEncoder(labels, hidden_size, d_u=d_u, d_z=d_z)
