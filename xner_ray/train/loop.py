@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,15 @@ def write_rejects(path: Path, rejects) -> None:
 
 
 def fit(cfg: TrainConfig, *, loss: str, labels: list[str], dataset, n_train: int,
-        dev, name: str, extra_summary: Optional[dict] = None) -> Path:
+        dev, name: str, extra_summary: Optional[dict] = None,
+        step_args: Optional[dict] = None, artifacts_dir: Optional[str] = None) -> Path:
     """Run ``TorchTrainer`` with the shared loop; copy the best checkpoint to ``cfg.out``.
 
-    ``loss``: ``"ce"`` (gold tags column ``tags``) or ``"kd"`` (teacher ``probs`` + ``weight``).
+    ``loss``: ``"ce"`` (gold ``tags``), ``"kd"`` (teacher ``probs`` + ``weight``) or ``"rikd"``
+    (KD with RIKD's reinforced selection; ``step_args`` configure it, see ``steps.RikdStep``).
     ``dev``: source-language sentences with gold tags, scored by rank 0 after every epoch.
+    ``artifacts_dir``: where steps write per-rank side outputs (RIKD decisions); it must be on
+    storage every worker can reach, like Ray Train's own ``storage_path``.
     """
     import ray
     import ray.train
@@ -107,7 +111,8 @@ def fit(cfg: TrainConfig, *, loss: str, labels: list[str], dataset, n_train: int
     # (one per epoch, re-drawn every second) would drown them.
     dataset.context.enable_progress_bars = False
     loop_cfg = dict(cfg=dataclasses.asdict(cfg), loss=loss, labels=labels,
-                    threads=res.torch_threads, n_train=n_train,
+                    threads=res.torch_threads, n_train=n_train, step_args=step_args or {},
+                    artifacts_dir=artifacts_dir,
                     dev_tokens=[s.tokens for s in dev], dev_tags=[s.tags for s in dev])
     trainer = TorchTrainer(
         train_loop,
@@ -141,35 +146,6 @@ def fit(cfg: TrainConfig, *, loss: str, labels: list[str], dataset, n_train: int
     return out
 
 
-def _ce_loss(model, tokenizer, batch, label2id, max_length, device):
-    from xner_ray.models.classifier import encode_words
-
-    enc = encode_words(tokenizer, [list(t) for t in batch["tokens"]],
-                       [list(t) for t in batch["tags"]], label2id, max_length=max_length)
-    return model(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
-                 labels=enc.labels.to(device)).loss
-
-
-def _kd_loss(model, tokenizer, batch, label2id, max_length, device):
-    """Student vs teacher distributions on first sub-words (TSL Eq. 3-4, RIKD Eq. 1)."""
-    import torch
-
-    from xner_ray.models.classifier import encode_words
-    from xner_ray.train.losses import gather_words, kd_mse_loss, teacher_tensor
-
-    words = [list(t) for t in batch["tokens"]]
-    enc = encode_words(tokenizer, words, max_length=max_length)
-    logits = model(input_ids=enc.input_ids.to(device),
-                   attention_mask=enc.attention_mask.to(device)).logits
-    student, mask = gather_words(logits, enc.first_subword)
-    teacher = teacher_tensor(batch["probs"], student.shape).to(device)
-    weights = torch.as_tensor(batch["weight"], dtype=torch.float32, device=device)
-    return kd_mse_loss(student, teacher, mask.to(device), weights)
-
-
-LOSSES: dict[str, Callable] = {"ce": _ce_loss, "kd": _kd_loss}
-
-
 def train_loop(config: dict) -> None:
     """Per-worker loop (Ray Train). Heavy imports live here, inside the worker."""
     import numpy as np
@@ -180,27 +156,28 @@ def train_loop(config: dict) -> None:
 
     from xner_ray.evaluate import predict_tags, score_tags
     from xner_ray.models.classifier import load_token_classifier, load_tokenizer
+    from xner_ray.train.steps import STEPS, StepContext
 
     cfg = TrainConfig(**{f.name: config["cfg"][f.name] for f in dataclasses.fields(TrainConfig)})
-    labels, loss_fn = config["labels"], LOSSES[config["loss"]]
-    label2id = {l: i for i, l in enumerate(labels)}
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
-    model = load_token_classifier(cfg.model, labels, layers=cfg.layers,
+    model = load_token_classifier(cfg.model, config["labels"], layers=cfg.layers,
                                   freeze_embeddings=cfg.freeze_embeddings,
                                   freeze_layers=cfg.freeze_layers)
     model = ray.train.torch.prepare_model(model)
     bare = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
-    use_bf16 = device.type == "cuda"  # bf16 autocast on GPUs; fp32 on CPU
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, -(-config["n_train"] // (cfg.batch_size * world)))
     total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 1 << 62)
     sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total), total)
+    step_ctx = StepContext(model, bare, tokenizer, params, optim, sched, device,
+                           config["labels"], cfg.max_length, world, rank)
+    run_step = STEPS[config["loss"]](step_ctx, loss=config["loss"], **config.get("step_args", {}))
     shard = ray.train.get_dataset_shard("train")
     step = 0
     for epoch in range(cfg.epochs):
@@ -209,19 +186,13 @@ def train_loop(config: dict) -> None:
         for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
                                         local_shuffle_buffer_size=4 * cfg.batch_size,
                                         local_shuffle_seed=cfg.seed + epoch):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = loss_fn(model, tokenizer, batch, label2id, cfg.max_length, device)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(run_step(batch))
             step += 1
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses or [0])),
-                   "epoch_seconds": round(time.time() - t0, 1), "dev_f1": 0.0}
+                   "epoch_seconds": round(time.time() - t0, 1), "dev_f1": 0.0,
+                   **run_step.epoch_metrics()}
         if rank == 0:
             dev = score_tags(config["dev_tags"], predict_tags(bare, tokenizer,
                                                               config["dev_tokens"], device=device))
@@ -237,3 +208,4 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics)  # every rank reports: it is a barrier in Ray Train
         if cfg.max_steps and step >= cfg.max_steps:
             break
+    run_step.finish(config.get("artifacts_dir"))

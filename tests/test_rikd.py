@@ -1,0 +1,100 @@
+"""The RIKD job end to end on a real local Ray cluster (tiny model), and its resume path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from xner_ray.demo import sample_path
+
+
+def _config(tmp_path, teacher, student_model, **extra) -> str:
+    cfg = {
+        "run_id": "r1", "store": str(tmp_path / "store"), "out": str(tmp_path / "out"),
+        "source_dev": str(sample_path("en.dev.txt")), "teacher": str(teacher),
+        "targets": [{"lang": "de", "unlabeled": str(sample_path("de.dev.txt")),
+                     "dev": str(sample_path("de.dev.txt"))}],
+        "rounds": 2, "warmup_steps": 4, "policy_lr": 0.01,
+        "student": {"model": str(student_model), "epochs": 2, "batch_size": 32, "lr": 3e-3,
+                    "freeze_layers": 0, "freeze_embeddings": False},
+        **extra}
+    path = tmp_path / "rikd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _rikd_main(argv):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "rikd_job", Path(__file__).resolve().parents[1] / "jobs" / "rikd.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from xner_ray.jobs import run_job
+
+    return run_job("rikd", mod.RikdConfig, mod.run_rikd, argv)
+
+
+@pytest.mark.slow
+def test_rikd_rounds_fill_policy_columns_and_resume(ray_cluster, tiny_teacher_dir, tiny_model_dir,
+                                                    tmp_path, monkeypatch, capsys):
+    from xner_ray.methods import rikd
+    from xner_ray.sqlshell import connect
+    from xner_ray.store import Store
+    from xner_ray.train import loop
+
+    config = _config(tmp_path, tiny_teacher_dir, tiny_model_dir)
+    real_fit, calls = loop.fit, []
+
+    def fit_dying_in_round_1(cfg, **kw):
+        calls.append(kw["name"])
+        if kw["name"].endswith("round1"):
+            raise KeyboardInterrupt("killed in round 1")
+        return real_fit(cfg, **kw)
+
+    monkeypatch.setattr(loop, "fit", fit_dying_in_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        _rikd_main(["--config", config])
+    store = Store(tmp_path / "store")
+    assert store.complete_rounds("r1", "de") == [0]
+    first = store.manifest("r1", "de", 0)
+    assert store.get_run("r1")["status"] == "failed"
+
+    monkeypatch.setattr(loop, "fit", real_fit)
+    capsys.readouterr()
+    assert _rikd_main(["--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "de round 0: complete, resumed from it" in out
+    assert store.complete_rounds("r1", "de") == [0, 1]
+    assert store.manifest("r1", "de", 0) == first  # round 0 untouched by the resume
+    assert store.get_run("r1")["status"] == "succeeded"
+
+    con = connect(tmp_path / "store")
+    rows = con.execute(
+        "SELECT round, count(*), count(policy_p), sum(selected::INT), min(selector), "
+        "bool_and(weight = selected::FLOAT) FROM pseudo_labels GROUP BY 1 ORDER BY 1").fetchall()
+    # 300 sentences; 2 epochs of ceil(300/32)=10 steps, the first 4 warm-up: every instance is
+    # reached by a reinforced step in epoch 2, so every row carries the policy's decision
+    assert [r[:2] for r in rows] == [(0, 300), (1, 300)]
+    for _, n, with_p, kept, selector, consistent in rows:
+        assert with_p == n and 0 < kept <= n and selector == "rikd_policy.v1" and consistent
+    # round 1 was labeled by round 0's student, not the source teacher
+    teachers = dict(con.execute("SELECT round, min(teacher) FROM pseudo_labels GROUP BY 1").fetchall())
+    assert str(tiny_teacher_dir) in teachers[0] and "de/round0" in teachers[1]
+    steps = store.manifest("r1", "de", 1)["meta"]["rikd_steps"]
+    assert len(steps) == 16 and all(0.0 <= s["discard_ratio"] <= 1.0 for s in steps)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["round"] for r in results["de"]] == [0, 1]
+    assert results["de"][1]["rl_steps"] == 16 and results["de"][1]["target_dev"]["n_sentences"] == 300
+    assert (tmp_path / "out" / "de" / "round1" / "model.safetensors").exists()
+
+
+def test_bad_rikd_config_fails_before_any_work(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("run_id: x\nstore: s\nout: o\nsource_dev: d\nteacher: t\n"
+                      "targets: [{lang: de, unlabeled: u, devv: typo}]\n")
+    assert _rikd_main(["--config", str(config)]) == 2
+    assert "unknown target keys ['devv']" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""Pieces the distillation jobs (TSL, RIKD) share: target specs, teachers, students, scores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
+
+# Student settings of the papers (TSL 4.1 / RIKD 4.2): AdamW lr 1e-4 for students, batch 32,
+# 3 epochs, embeddings and the bottom 3 layers frozen. A config's `student:` overrides these.
+STUDENT_DEFAULTS = dict(model="builtin:me5-small", lr=1e-4, batch_size=32, epochs=3,
+                        freeze_embeddings=True, freeze_layers=3)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A target language: its unlabeled text, and optionally a labeled dev file used ONLY to
+    report scores (never for training, selection or model choice: the zero-shot rule)."""
+
+    lang: str
+    unlabeled: str
+    dev: Optional[str] = None
+    fmt: str = "auto"
+
+    @classmethod
+    def parse(cls, value: Any) -> "TargetSpec":
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"a target must be a mapping with lang/unlabeled[/dev], got {value!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"unknown target keys {unknown}; valid: {sorted(names)}")
+        return cls(**value)
+
+
+def parse_targets(values: list) -> list[TargetSpec]:
+    targets = [TargetSpec.parse(v) for v in values or []]
+    if not targets:
+        raise ValueError("at least one target language is required")
+    langs = [t.lang for t in targets]
+    if len(set(langs)) != len(langs):
+        raise ValueError(f"target languages repeat: {langs}")
+    return targets
+
+
+def ensure_teacher(model: Optional[str], train: Optional[dict]) -> str:
+    """The teacher's folder: ``model`` as given, or trained first from ``train`` (TeacherConfig
+    keys) unless its ``out`` already holds a trained model (a rerun reuses it)."""
+    from xner_ray import config as config_mod
+    from xner_ray.train.teacher import TeacherConfig, train_teacher
+
+    if train:
+        cfg = config_mod.build(TeacherConfig, train)
+        if (Path(cfg.out) / "train_summary.json").exists():
+            print(f"[job] teacher {cfg.out}: trained already, reused", flush=True)
+            return str(Path(cfg.out))
+        return str(train_teacher(cfg))
+    if not model:
+        raise ValueError("give a trained teacher (`teacher:` path) or `train_teacher:` settings")
+    return model
+
+
+def student_config(out: Path, student: dict):
+    """A TrainConfig for one student from the job's `student:` block over the papers' defaults."""
+    from xner_ray import config as config_mod
+    from xner_ray.train.loop import TrainConfig
+
+    return config_mod.build(TrainConfig, {**STUDENT_DEFAULTS, **(student or {}), "out": str(out)})
+
+
+def target_scores(model_dir: Path, target: TargetSpec) -> Optional[dict]:
+    """Entity P/R/F1 on the target dev file, for the report only."""
+    if not target.dev:
+        return None
+    from xner_ray.evaluate import evaluate_model
+
+    r = evaluate_model(str(model_dir), target.dev, lang=target.lang)
+    return {k: round(float(r[k]), 6) for k in ("precision", "recall", "f1")} | {
+        "n_sentences": r["n_sentences"]}
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)

@@ -1,0 +1,128 @@
+"""TSL: single- and multi-source teacher-student learning (Wu et al. 2020).
+
+Per target language: the source teachers' distributions are combined with weights alpha_k (TSL
+Eq. 6) -- uniform (Eq. 7), or from the language-identification bilinear model trained on
+unlabeled source text (Eq. 8-11) -- the combined soft labels are written to the store by the
+labeling pipeline, and a student initialised from the pre-trained encoder learns them with the
+token-level MSE (Eq. 3-4), selected on source-language dev.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xner_ray.methods.common import (TargetSpec, ensure_teacher, parse_targets, student_config,
+                                     target_scores, write_json)
+
+WEIGHTINGS = ("uniform", "similarity")
+
+
+@dataclass
+class TslConfig:
+    """TSL job settings (YAML/JSON keys)."""
+
+    run_id: str = field(metadata={"help": "run id in the store"})
+    store: str = field(metadata={"help": "store root"})
+    out: str = field(metadata={"help": "output folder: one student per target language"})
+    source_dev: str = field(metadata={"help": "SOURCE-language dev CoNLL file: model selection"})
+    teachers: list = field(metadata={"help": "list of {lang, model? | train?, unlabeled?}"})
+    targets: list = field(metadata={"help": "list of {lang, unlabeled, dev?, fmt?}"})
+    weighting: str = field(default="uniform", metadata={"help": "uniform (Eq. 7) | similarity "
+                                                                "(Eq. 8-11)"})
+    encoder: str = field(default="builtin:me5-small",
+                         metadata={"help": "g(.) of Eq. 8: sentence encoder for similarity"})
+    similarity: dict = field(default_factory=dict,
+                             metadata={"help": "fit options: d (64), gamma (0.01), epochs, lr"})
+    max_similarity_sentences: int = field(default=2000,
+                                          metadata={"help": "sentences per language for Eq. 10-11"})
+    student: dict = field(default_factory=dict, metadata={"help": "student TrainConfig keys"})
+    label: dict = field(default_factory=dict, metadata={"help": "labeling knobs"})
+
+    def __post_init__(self) -> None:
+        self.targets = parse_targets(self.targets)
+        if not self.teachers:
+            raise ValueError("at least one teacher is required")
+        for t in self.teachers:
+            if not isinstance(t, dict) or "lang" not in t or not ({"model", "train"} & set(t)):
+                raise ValueError(f"a teacher needs lang and model (or train settings): {t!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.weighting == "similarity":
+            missing = [t["lang"] for t in self.teachers if not t.get("unlabeled")]
+            if len(self.teachers) < 2 or missing:
+                raise ValueError("similarity weighting needs >= 2 teachers, each with unlabeled "
+                                 f"source text (`unlabeled`); missing for {missing}")
+        student_config(Path(self.out), self.student)
+
+
+def run_tsl(cfg: TslConfig) -> dict:
+    from xner_ray.store import Store
+
+    store = Store(cfg.store)
+    store.record_run(cfg.run_id, "tsl", dataclasses.asdict(cfg))
+    try:
+        teachers = {t["lang"]: ensure_teacher(t.get("model"), t.get("train"))
+                    for t in cfg.teachers}
+        results = {t.lang: _run_target(cfg, store, teachers, t) for t in cfg.targets}
+    except BaseException:
+        store.update_run(cfg.run_id, status="failed")
+        raise
+    write_json(Path(cfg.out) / "results.json", results)
+    store.update_run(cfg.run_id, status="succeeded")
+    return results
+
+
+def _sample(spec: str, lang: str, n: int, fmt: str = "auto") -> list[list[str]]:
+    import itertools
+
+    from xner_ray.io.text import read_unlabeled
+
+    return [s.tokens for s in itertools.islice(read_unlabeled(spec, lang=lang, fmt=fmt), n)]
+
+
+def teacher_weights_for(cfg: TslConfig, target: TargetSpec) -> tuple[dict, dict]:
+    """alpha_k per teacher language for one target (Eq. 7, or Eq. 8-11)."""
+    from xner_ray.methods.langsim import similarity_weights, uniform_weights
+
+    langs = [t["lang"] for t in cfg.teachers]
+    if cfg.weighting == "uniform" or len(langs) == 1:
+        return uniform_weights(langs), {"weighting": "uniform"}
+    n = cfg.max_similarity_sentences
+    sources = {t["lang"]: _sample(t["unlabeled"], t["lang"], n) for t in cfg.teachers}
+    weights, diag = similarity_weights(cfg.encoder, sources,
+                                       _sample(target.unlabeled, target.lang, n, target.fmt),
+                                       **cfg.similarity)
+    return weights, {"weighting": "similarity", **diag}
+
+
+def _run_target(cfg: TslConfig, store, teachers: dict, target: TargetSpec) -> dict:
+    from xner_ray.labeling.pipeline import LabelConfig, label
+    from xner_ray.train.distill import DistillConfig, distill
+
+    student = Path(cfg.out) / target.lang
+    done = student / "target_summary.json"
+    if done.exists() and store.is_complete(cfg.run_id, target.lang, 0):
+        print(f"[tsl] {target.lang}: complete, reused", flush=True)
+        return json.loads(done.read_text())
+    weights, diag = teacher_weights_for(cfg, target)
+    langs = list(teachers)
+    label(LabelConfig(teachers=[teachers[l] for l in langs], weights=[weights[l] for l in langs],
+                      store=cfg.store, run_id=cfg.run_id, round=0,
+                      inputs=[{"path": target.unlabeled, "lang": target.lang, "fmt": target.fmt}],
+                      **cfg.label))
+    base = dataclasses.asdict(student_config(student, cfg.student))
+    distill(DistillConfig(**base, store=cfg.store, run_id=cfg.run_id, lang=target.lang, round=0,
+                          dev=cfg.source_dev))
+    summary = {"weights": weights, "weighting": diag, "student": str(student),
+               "source_dev_f1": json.loads((student / "train_summary.json").read_text())
+               ["best"]["dev_f1"], "target_dev": target_scores(student, target)}
+    store.update_run(cfg.run_id, round=0, metrics={target.lang: summary})
+    write_json(done, summary)
+    dev_f1 = (summary["target_dev"] or {}).get("f1")
+    print(f"[tsl] {target.lang}: weights {weights}"
+          + (f", target dev F1 {dev_f1:.4f} (report only)" if dev_f1 is not None else ""),
+          flush=True)
+    return summary
