@@ -122,17 +122,23 @@ LABEL_FIELDS = ("sent_id", "teacher", "tags", "probs", "confidence", "f_conf", "
                 "length", "agreement")
 
 
-def label(cfg: LabelConfig) -> dict:
-    """Run the labeling job; returns per-language counts. Needs a connected Ray cluster."""
+def label(cfg: LabelConfig, *, own_run: bool = True) -> dict:
+    """Run the labeling job; returns per-language counts. Needs a connected Ray cluster.
+
+    ``own_run=False`` when a larger job (TSL, RIKD) owns the run id: that job records the run
+    and its status; the labeling only adds its rounds.
+    """
     from xner_ray.store import Store
 
     store = Store(cfg.store)
-    store.record_run(cfg.run_id, "label", cfg.run_config())
+    if own_run:
+        store.record_run(cfg.run_id, "label", cfg.run_config())
     with open_rounds(cfg, store) as rounds:
         summary = {l: w.meta["counts"] for l, w in rounds.items()}
     if summary:
         store.update_run(cfg.run_id, round=cfg.round, metrics=summary)
-    store.update_run(cfg.run_id, status="succeeded")
+    if own_run:
+        store.update_run(cfg.run_id, status="succeeded")
     return summary
 
 

@@ -34,6 +34,7 @@ class TslConfig:
                                                                 "(Eq. 8-11)"})
     encoder: str = field(default="builtin:me5-small",
                          metadata={"help": "g(.) of Eq. 8: sentence encoder for similarity"})
+    pooling: str = field(default="cls", metadata={"help": "sentence vector: cls (paper) | mean"})
     similarity: dict = field(default_factory=dict,
                              metadata={"help": "fit options: d (64), gamma (0.01), epochs, lr"})
     max_similarity_sentences: int = field(default=2000,
@@ -85,14 +86,14 @@ def _sample(spec: str, lang: str, n: int, fmt: str = "auto") -> list[list[str]]:
 
 def teacher_weights_for(cfg: TslConfig, target: TargetSpec) -> tuple[dict, dict]:
     """alpha_k per teacher language for one target (Eq. 7, or Eq. 8-11)."""
-    from xner_ray.methods.langsim import similarity_weights, uniform_weights
+    from xner_ray.methods.langsim import SentenceEncoder, similarity_weights, uniform_weights
 
     langs = [t["lang"] for t in cfg.teachers]
     if cfg.weighting == "uniform" or len(langs) == 1:
         return uniform_weights(langs), {"weighting": "uniform"}
     n = cfg.max_similarity_sentences
     sources = {t["lang"]: _sample(t["unlabeled"], t["lang"], n) for t in cfg.teachers}
-    weights, diag = similarity_weights(cfg.encoder, sources,
+    weights, diag = similarity_weights(SentenceEncoder(cfg.encoder, pooling=cfg.pooling), sources,
                                        _sample(target.unlabeled, target.lang, n, target.fmt),
                                        **cfg.similarity)
     return weights, {"weighting": "similarity", **diag}
@@ -112,7 +113,7 @@ def _run_target(cfg: TslConfig, store, teachers: dict, target: TargetSpec) -> di
     label(LabelConfig(teachers=[teachers[l] for l in langs], weights=[weights[l] for l in langs],
                       store=cfg.store, run_id=cfg.run_id, round=0,
                       inputs=[{"path": target.unlabeled, "lang": target.lang, "fmt": target.fmt}],
-                      **cfg.label))
+                      **cfg.label), own_run=False)
     base = dataclasses.asdict(student_config(student, cfg.student))
     distill(DistillConfig(**base, store=cfg.store, run_id=cfg.run_id, lang=target.lang, round=0,
                           dev=cfg.source_dev))
