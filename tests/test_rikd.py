@@ -41,7 +41,6 @@ def _rikd_main(argv):
 @pytest.mark.slow
 def test_rikd_rounds_fill_policy_columns_and_resume(ray_cluster, tiny_teacher_dir, tiny_model_dir,
                                                     tmp_path, monkeypatch, capsys):
-    from xner_ray.methods import rikd
     from xner_ray.sqlshell import connect
     from xner_ray.store import Store
     from xner_ray.train import loop
