@@ -152,3 +152,19 @@ def test_killed_run_leaves_no_visible_round_and_resumes(ray_cluster, tiny_teache
     monkeypatch.setattr(pipeline, "_write", real_write)
     assert label(cfg)["de"]["sentences"] == 300
     assert connect(cfg.store).execute("SELECT count(*) FROM pseudo_labels").fetchone() == (300,)
+
+
+def test_inputs_are_checked_on_the_driver(tmp_path):
+    from xner_ray.labeling.source import InputSpec, resolve_inputs
+
+    text = tmp_path / "raw.txt"
+    text.write_text("Hola Madrid .\nBuenos dias .\n")
+    with pytest.raises(ValueError, match=r"raw.txt: gold=True needs a CoNLL file .* reads as 'text'"):
+        resolve_inputs([InputSpec(str(text), "es", gold=True)])
+    with pytest.raises(FileNotFoundError, match="nothing.txt"):
+        resolve_inputs([InputSpec(str(tmp_path / "nothing.txt"), "es")])
+    # a tagged CoNLL file whose first sentence is longer than the sniffed window still counts
+    long_first = tmp_path / "nl.txt"
+    long_first.write_text("".join(f"w{i} O\n" for i in range(40)) + "\nAmsterdam B-LOC\n")
+    assert resolve_inputs([InputSpec(str(long_first), "nl", gold=True)]) == [
+        (str(long_first), InputSpec(str(long_first), "nl", gold=True))]

@@ -214,20 +214,28 @@ def _loads(line: str) -> object:
 
 
 def _looks_like_conll(path: str) -> bool:
-    """Sniff: the first non-blank lines all have <= 4 columns and blank lines separate them
-    (4, not 3, so the original 4-column CoNLL-2003 layout counts too)."""
-    seen, pending_blank, blank_between = 0, False, False
+    """Sniff the first non-blank lines: CoNLL when each has <= 4 columns (4, not 3, so the
+    original 4-column CoNLL-2003 layout counts too) and either a ``-DOCSTART-`` line or a tag
+    in the last column of every line says so (a first sentence may be longer than the sniffed
+    window), or blank lines separate them (one-column, unlabeled CoNLL)."""
+    from xner_ray.labels import is_valid_tag
+
+    seen, pending_blank, blank_between, all_tagged = 0, False, False, True
     for _, text, _ in iter_lines(path):
         if not text:
             pending_blank = seen > 0
             continue
-        if len(text.split()) > 4:
+        cols = text.split()
+        if len(cols) > 4:
             return False
+        if cols[0] == "-DOCSTART-":
+            return True
+        all_tagged = all_tagged and len(cols) >= 2 and is_valid_tag(cols[-1])
         blank_between = blank_between or pending_blank
         seen += 1
         if seen >= SNIFF_LINES:
             break
-    return blank_between
+    return blank_between or (seen > 0 and all_tagged)
 
 
 def detect_format(path: str) -> str:

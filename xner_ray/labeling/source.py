@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 
 import pyarrow as pa
 
-from xner_ray.records import RejectSink, Sentence
+from xner_ray.records import MALFORMED_LINE, Reject, RejectSink, Sentence
 
 SENTENCE_COLUMNS = pa.schema([
     ("sent_id", pa.string()), ("lang", pa.string()), ("source", pa.string()),
@@ -68,8 +68,10 @@ def read_file(path: str, spec: InputSpec, max_words: int, rows_per_block: int,
     sents: list[Sentence] = []
     for s in read_unlabeled(path, lang=spec.lang, fmt=spec.fmt, rejects=sink,
                             max_words=max_words, keep_tags=spec.gold):
-        if spec.gold and s.tags is None:
-            raise ValueError(f"{path}: gold=True but the input has no tags")
+        if spec.gold and s.tags is None:  # a one-column sentence inside a tagged file
+            sink.add(Reject(path, s.line, MALFORMED_LINE, "\n".join(s.tokens),
+                            detail="gold tags requested but the sentence has none"))
+            continue
         s.lang = spec.lang  # the run's language wins over a file prefix
         sents.append(s)
         if len(sents) >= rows_per_block:
@@ -85,15 +87,27 @@ def read_file(path: str, spec: InputSpec, max_words: int, rows_per_block: int,
         ray.get(collector.add.remote(spec.lang, sink.rejects, dict(sink.counts)))
 
 
+def resolve_inputs(inputs: list[InputSpec]) -> list[tuple[str, InputSpec]]:
+    """(file, spec) pairs, checked on the driver before any task starts: a spec that matches
+    no file, or gold tags asked of a file that is not CoNLL, is an error naming the file."""
+    from xner_ray.io.files import expand_paths
+    from xner_ray.io.text import detect_format
+
+    files = [(path, spec) for spec in inputs for path in expand_paths(spec.path)]
+    for path, spec in files:
+        if spec.gold and (spec.fmt if spec.fmt != "auto" else detect_format(path)) != "conll":
+            raise ValueError(f"{path}: gold=True needs a CoNLL file with tags, but it reads as "
+                             f"{detect_format(path)!r}; pass fmt='conll' if it is CoNLL")
+    return files
+
+
 def make_datasource(inputs: list[InputSpec], *, collector, max_words: int,
                     rows_per_block: int = 1024):
     """Build the Ray Data datasource (imported lazily so this module stays Ray-free)."""
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
-    from xner_ray.io.files import expand_paths
-
-    files = [(path, spec) for spec in inputs for path in expand_paths(spec.path)]
+    files = resolve_inputs(inputs)
 
     class SentenceSource(Datasource):
         def estimate_inmemory_data_size(self) -> Optional[int]:
