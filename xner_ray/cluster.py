@@ -30,8 +30,8 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # A private in-process cluster: no dashboard (it is a network service), nothing
-        # listening beyond localhost.
+        # A private cluster for this process, without the dashboard (a web service nobody
+        # asked for).
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
 
 
@@ -57,7 +57,8 @@ def derive_workers(num_workers: Optional[int] = None, use_gpu: Optional[bool] = 
     GPU clusters: one worker per GPU with an equal share of the CPUs. CPU clusters: ``reserve``
     CPUs (default a quarter of the cluster, at least one: a Ray Data task asks for a whole CPU
     unless told otherwise) stay free for the data pipeline; the rest is split across the
-    workers in half-CPU steps.
+    workers in half-CPU steps, one worker per ~8 CPUs by default (torch's intra-op threads stop
+    paying off beyond that).
     """
     cpus, gpus = cluster_cpus_gpus()
     if cpus <= 0:
@@ -66,12 +67,8 @@ def derive_workers(num_workers: Optional[int] = None, use_gpu: Optional[bool] = 
     if gpu and gpus < 1:
         raise ValueError("use_gpu=True but the cluster has no GPU")
     reserve = max(1.0, cpus / 4) if reserve_cpus is None else reserve_cpus
-    if gpu:
-        n = num_workers or int(gpus)
-        per = max(0.5, math.floor(2 * (cpus - reserve) / n) / 2)
-    else:
-        n = num_workers or 1
-        per = max(0.5, math.floor(2 * (cpus - reserve) / n) / 2)
+    n = num_workers or (int(gpus) if gpu else max(1, int((cpus - reserve) // 8)))
+    per = max(0.5, math.floor(2 * (cpus - reserve) / n) / 2)
     if n * per > cpus:
         raise ValueError(f"{n} workers x {per} CPU do not fit a cluster of {cpus:g} CPUs")
     return WorkerResources(n, per, gpu, torch_threads=max(1, int(per)))

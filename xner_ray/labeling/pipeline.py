@@ -100,9 +100,11 @@ def build_dataset(cfg: LabelConfig, collector, *, langs: set[str]):
                                                   max_words=cfg.max_words,
                                                   rows_per_block=cfg.block_rows),
                                   num_cpus=0.25)
+    # Tokenizing is cheap next to the model: one light actor, more when many teachers wait.
     ds = ds.map_batches(SubwordStage, fn_constructor_args=(cfg.teachers[0], cfg.max_length),
                         batch_size=cfg.block_rows, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(size=1), num_cpus=0.25)
+                        compute=ActorPoolStrategy(min_size=1, max_size=res["concurrency"]),
+                        num_cpus=0.25)
     return ds.map_batches(
         TeacherStage, fn_constructor_args=(cfg.teachers,),
         fn_constructor_kwargs=dict(weights=cfg.weights, student=cfg.student,
@@ -111,6 +113,19 @@ def build_dataset(cfg: LabelConfig, collector, *, langs: set[str]):
         batch_size=cfg.block_rows, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=res["concurrency"]), num_cpus=res["num_cpus"],
         num_gpus=res["num_gpus"])
+
+
+def check_same_tokenizer(models: list[str]) -> None:
+    """One sub-word stage feeds every teacher of an ensemble: they must share a tokenizer."""
+    if len(models) < 2:
+        return
+    from xner_ray.models.classifier import load_tokenizer
+
+    first = load_tokenizer(models[0]).backend_tokenizer.to_str()
+    for m in models[1:]:
+        if load_tokenizer(m).backend_tokenizer.to_str() != first:
+            raise ValueError(f"teachers {models[0]} and {m} use different tokenizers; an "
+                             "ensemble needs one (label with each separately instead)")
 
 
 def _teacher_id(cfg: LabelConfig) -> str:
@@ -166,6 +181,7 @@ def open_rounds(cfg: LabelConfig, store) -> Iterator[dict]:
         yield {}
         return
     selector = make_selector(cfg.selector)
+    check_same_tokenizer(cfg.teachers)
     meta = {"teachers": cfg.teachers, "weights": cfg.weights, "selector": selector.id}
     with contextlib.ExitStack() as stack:
         writers = {l: stack.enter_context(store.round_writer(
