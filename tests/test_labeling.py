@@ -168,3 +168,16 @@ def test_inputs_are_checked_on_the_driver(tmp_path):
     long_first.write_text("".join(f"w{i} O\n" for i in range(40)) + "\nAmsterdam B-LOC\n")
     assert resolve_inputs([InputSpec(str(long_first), "nl", gold=True)]) == [
         (str(long_first), InputSpec(str(long_first), "nl", gold=True))]
+
+
+def test_nested_probs_matches_python_lists():
+    import pyarrow as pa
+
+    from xner_ray.labeling.stages import nested_probs
+
+    rng = np.random.default_rng(0)
+    probs = [rng.random((3, 4)), np.zeros((0, 4)), rng.random((1, 4))]
+    expected = pa.array([p.astype(np.float32).tolist() for p in probs],
+                        pa.list_(pa.list_(pa.float32())))
+    assert nested_probs(probs, 4).equals(expected)
+    assert len(nested_probs([], 4)) == 0

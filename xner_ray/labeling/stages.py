@@ -32,6 +32,20 @@ def _table(batch: Batch) -> pa.Table:
                      for k, v in batch.items()})
 
 
+def nested_probs(probs: list, n_labels: int) -> pa.Array:
+    """Ragged [T_i, L] arrays -> one ``list<list<float32>>`` Arrow array, built from a single
+    flat buffer and offsets (no per-word Python lists on the hot path)."""
+    lengths = np.fromiter((len(p) for p in probs), dtype=np.int64, count=len(probs))
+    flat = (np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1, n_labels) for p in probs])
+            if len(probs) else np.zeros((0, n_labels), dtype=np.float32))
+    inner = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, flat.size + 1, n_labels, dtype=np.int32)),
+        pa.array(flat.ravel()))
+    outer_offsets = np.zeros(len(probs) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=outer_offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
+
+
 class SubwordStage:
     """Sub-word ids and each word's first sub-word position (-1 past ``max_length``)."""
 
@@ -158,8 +172,7 @@ class TeacherStage:
         cols = {
             "teacher": pa.array([self.teacher_id] * len(ids), pa.string()),
             "tags": pa.array(tags, pa.list_(pa.string())),
-            "probs": pa.array([p.astype(np.float32).tolist() for p in probs],
-                              pa.list_(pa.list_(pa.float32()))),
+            "probs": nested_probs(probs, len(self.labels)),
             "confidence": pa.array(scores["confidence"]),
             "f_conf": pa.array(scores["f_conf"]),
             "n_entities": pa.array(scores["n_entities"]),
