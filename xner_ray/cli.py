@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     from xner_ray import config
     from xner_ray.train.teacher import TeacherConfig
 
-    p = argparse.ArgumentParser(prog="xner", description=__doc__)
+    p = argparse.ArgumentParser(prog="xner", description="xner_ray: cross-lingual NER "
+                                "pseudo-labeling and distillation on Ray.")
     p.add_argument("-v", "--verbose", action="store_true", help="INFO-level logs")
     sub = p.add_subparsers(dest="command", required=True)
 
