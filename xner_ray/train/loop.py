@@ -21,6 +21,8 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 60.0  # a progress line from rank 0 at most this often within an epoch
+
 
 @dataclass(kw_only=True)
 class TrainConfig:
@@ -183,11 +185,17 @@ def train_loop(config: dict) -> None:
     for epoch in range(cfg.epochs):
         model.train()
         losses, t0 = [], time.time()
+        last_log = t0
         for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
                                         local_shuffle_buffer_size=4 * cfg.batch_size,
                                         local_shuffle_seed=cfg.seed + epoch):
             losses.append(run_step(batch))
             step += 1
+            if rank == 0 and time.time() - last_log >= PROGRESS_EVERY_S:
+                last_log = time.time()
+                print(f"[train] epoch {epoch + 1} step {step}/{total} loss "
+                      f"{np.mean(losses[-50:]):.5f} "
+                      f"({len(losses) / (last_log - t0):.2f} steps/s)", flush=True)
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses or [0])),
