@@ -144,7 +144,7 @@ def test_file_format_facts():
     assert data[:4] == b"E5S1" and h["version"] == 1 and h["block"] == 32
     assert (h["hidden"], h["layers"], h["heads"], h["ffn"]) == (384, 12, 12, 1536)
     assert (h["max_positions"], h["type_vocab"], h["layer_norm_eps"]) == (512, 2, 1e-12)
-    assert h["vocab"] >= len(nf.pieces) == 250_002
+    assert h["vocab"] == 250_037 and len(nf.pieces) == 250_002
     assert (nf.bos_id, nf.pad_id, nf.eos_id, nf.unk_id) == (0, 1, 2, 3)
     assert nf.pieces[250_001] == "<mask>"
     assert len(nf.tensors) == 5 + 16 * 12
