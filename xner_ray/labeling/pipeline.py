@@ -49,6 +49,9 @@ class LabelConfig:
     max_length: int = field(default=512, metadata={"help": "sub-word cap per sentence"})
     max_words: int = field(default=2048, metadata={"help": "longer sentences are rejected"})
     num_actors: Optional[int] = field(default=None, metadata={"help": "teacher actors"})
+    threads: Optional[int] = field(default=None,
+                                   metadata={"help": "torch threads per teacher actor "
+                                                     "(default: its whole CPUs)"})
     use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
     rows_per_file: int = field(default=100_000, metadata={"help": "Parquet rotation"})
 
@@ -83,7 +86,7 @@ def _teacher_resources(cfg: LabelConfig) -> dict:
 
     res = derive_workers(cfg.num_actors, cfg.use_gpu)
     return dict(concurrency=res.num_workers, num_cpus=res.cpus_per_worker,
-                num_gpus=1 if res.use_gpu else 0, threads=res.torch_threads)
+                num_gpus=1 if res.use_gpu else 0, threads=cfg.threads or res.torch_threads)
 
 
 def build_dataset(cfg: LabelConfig, collector, *, langs: set[str]):
