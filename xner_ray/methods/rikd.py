@@ -53,7 +53,7 @@ class RikdConfig:
             raise ValueError("rounds >= 1, warmup_steps >= 0 and policy_lr > 0 are required")
         if not self.teacher and not self.train_teacher:
             raise ValueError("give `teacher` (a trained model folder) or `train_teacher`")
-        allowed = {"batch_size", "block_rows", "max_length", "max_words", "num_actors",
+        allowed = {"batch_size", "block_rows", "max_length", "max_words", "num_actors", "threads",
                    "use_gpu", "rows_per_file"}
         if set(self.label) - allowed:
             raise ValueError(f"unknown label keys {sorted(set(self.label) - allowed)}; "
