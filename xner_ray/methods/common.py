@@ -50,6 +50,17 @@ def parse_targets(values: list) -> list[TargetSpec]:
     return targets
 
 
+LABEL_KNOBS = ("batch_size", "block_rows", "max_length", "max_words", "num_actors", "threads",
+               "use_gpu", "rows_per_file")
+
+
+def check_label_knobs(label: dict) -> None:
+    """A job's `label:` block may tune the labeling pipeline, not redefine its inputs."""
+    unknown = sorted(set(label or {}) - set(LABEL_KNOBS))
+    if unknown:
+        raise ValueError(f"unknown label keys {unknown}; valid: {sorted(LABEL_KNOBS)}")
+
+
 def ensure_teacher(model: Optional[str], train: Optional[dict]) -> str:
     """The teacher's folder: ``model`` as given, or trained first from ``train`` (TeacherConfig
     keys) unless its ``out`` already holds a trained model (a rerun reuses it)."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from xner_ray.methods.common import (TargetSpec, ensure_teacher, parse_targets, student_config,
-                                     target_scores, write_json)
+from xner_ray.methods.common import (TargetSpec, check_label_knobs, ensure_teacher, parse_targets,
+                                     student_config, target_scores, write_json)
 
 SELECTOR_ID = "rikd_policy.v1"
 
@@ -53,11 +53,7 @@ class RikdConfig:
             raise ValueError("rounds >= 1, warmup_steps >= 0 and policy_lr > 0 are required")
         if not self.teacher and not self.train_teacher:
             raise ValueError("give `teacher` (a trained model folder) or `train_teacher`")
-        allowed = {"batch_size", "block_rows", "max_length", "max_words", "num_actors", "threads",
-                   "use_gpu", "rows_per_file"}
-        if set(self.label) - allowed:
-            raise ValueError(f"unknown label keys {sorted(set(self.label) - allowed)}; "
-                             f"valid: {sorted(allowed)}")
+        check_label_knobs(self.label)
         student_config(Path(self.out), self.student)  # validate now, not in round 2
 
 

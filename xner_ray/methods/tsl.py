@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xner_ray.methods.common import (TargetSpec, ensure_teacher, parse_targets, student_config,
-                                     target_scores, write_json)
+from xner_ray.methods.common import (TargetSpec, check_label_knobs, ensure_teacher, parse_targets,
+                                     student_config, target_scores, write_json)
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -56,6 +56,7 @@ class TslConfig:
             if len(self.teachers) < 2 or missing:
                 raise ValueError("similarity weighting needs >= 2 teachers, each with unlabeled "
                                  f"source text (`unlabeled`); missing for {missing}")
+        check_label_knobs(self.label)
         student_config(Path(self.out), self.student)
 
 
