@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,6 +59,26 @@ def check_label_knobs(label: dict) -> None:
     unknown = sorted(set(label or {}) - set(LABEL_KNOBS))
     if unknown:
         raise ValueError(f"unknown label keys {unknown}; valid: {sorted(LABEL_KNOBS)}")
+
+
+@dataclass(kw_only=True)
+class JobConfig:
+    """Keys every distillation job shares (YAML/JSON keys)."""
+
+    run_id: str = field(metadata={"help": "run id in the store (the resume key)"})
+    store: str = field(metadata={"help": "store root"})
+    out: str = field(metadata={"help": "output folder: students, results.json"})
+    source_dev: str = field(metadata={"help": "SOURCE-language dev CoNLL file: model selection"})
+    targets: list = field(metadata={"help": "list of {lang, unlabeled, dev?, fmt?}"})
+    student: dict = field(default_factory=dict,
+                          metadata={"help": "student TrainConfig keys over the papers' defaults"})
+    label: dict = field(default_factory=dict,
+                        metadata={"help": f"labeling knobs: {', '.join(LABEL_KNOBS)}"})
+
+    def __post_init__(self) -> None:
+        self.targets = parse_targets(self.targets)
+        check_label_knobs(self.label)
+        student_config(Path(self.out), self.student)  # validate now, not in round 2
 
 
 def ensure_teacher(model: Optional[str], train: Optional[dict]) -> str:

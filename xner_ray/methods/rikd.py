@@ -19,21 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from xner_ray.methods.common import (TargetSpec, check_label_knobs, ensure_teacher, parse_targets,
-                                     student_config, target_scores, write_json)
+from xner_ray.methods.common import (JobConfig, TargetSpec, ensure_teacher, student_config,
+                                     target_scores, write_json)
 
 SELECTOR_ID = "rikd_policy.v1"
 
 
-@dataclass
-class RikdConfig:
-    """RIKD job settings (YAML/JSON keys)."""
+@dataclass(kw_only=True)
+class RikdConfig(JobConfig):
+    """RIKD job settings (YAML/JSON keys); students land in ``out/<lang>/round<k>``."""
 
-    run_id: str = field(metadata={"help": "run id in the store (resume key)"})
-    store: str = field(metadata={"help": "store root"})
-    out: str = field(metadata={"help": "output folder: students per language and round"})
-    source_dev: str = field(metadata={"help": "SOURCE-language dev CoNLL file: model selection"})
-    targets: list = field(metadata={"help": "list of {lang, unlabeled, dev?, fmt?}"})
     teacher: Optional[str] = field(default=None, metadata={"help": "trained source teacher"})
     train_teacher: Optional[dict] = field(default=None,
                                           metadata={"help": "TeacherConfig keys: train it first"})
@@ -43,18 +38,13 @@ class RikdConfig:
     warmup_steps: int = field(default=100, metadata={"help": "J_w: steps on all data first"})
     policy_lr: float = field(default=0.01, metadata={"help": "policy SGD learning rate (Eq. 4)"})
     reward_scale: float = field(default=1.0, metadata={"help": "multiplies r in Eq. 4"})
-    student: dict = field(default_factory=dict, metadata={"help": "student TrainConfig keys"})
-    label: dict = field(default_factory=dict,
-                        metadata={"help": "labeling knobs: batch_size, block_rows, num_actors"})
 
     def __post_init__(self) -> None:
-        self.targets = parse_targets(self.targets)
+        super().__post_init__()
         if self.rounds < 1 or self.warmup_steps < 0 or self.policy_lr <= 0:
             raise ValueError("rounds >= 1, warmup_steps >= 0 and policy_lr > 0 are required")
         if not self.teacher and not self.train_teacher:
             raise ValueError("give `teacher` (a trained model folder) or `train_teacher`")
-        check_label_knobs(self.label)
-        student_config(Path(self.out), self.student)  # validate now, not in round 2
 
 
 def run_rikd(cfg: RikdConfig) -> dict:

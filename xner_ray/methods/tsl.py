@@ -14,22 +14,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xner_ray.methods.common import (TargetSpec, check_label_knobs, ensure_teacher, parse_targets,
-                                     student_config, target_scores, write_json)
+from xner_ray.methods.common import (JobConfig, TargetSpec, ensure_teacher, student_config,
+                                     target_scores, write_json)
 
 WEIGHTINGS = ("uniform", "similarity")
 
 
-@dataclass
-class TslConfig:
-    """TSL job settings (YAML/JSON keys)."""
+@dataclass(kw_only=True)
+class TslConfig(JobConfig):
+    """TSL job settings (YAML/JSON keys); one student per target in ``out/<lang>``."""
 
-    run_id: str = field(metadata={"help": "run id in the store"})
-    store: str = field(metadata={"help": "store root"})
-    out: str = field(metadata={"help": "output folder: one student per target language"})
-    source_dev: str = field(metadata={"help": "SOURCE-language dev CoNLL file: model selection"})
     teachers: list = field(metadata={"help": "list of {lang, model? | train?, unlabeled?}"})
-    targets: list = field(metadata={"help": "list of {lang, unlabeled, dev?, fmt?}"})
     weighting: str = field(default="uniform", metadata={"help": "uniform (Eq. 7) | similarity "
                                                                 "(Eq. 8-11)"})
     encoder: str = field(default="builtin:me5-small",
@@ -39,11 +34,9 @@ class TslConfig:
                              metadata={"help": "fit options: d (64), gamma (0.01), epochs, lr"})
     max_similarity_sentences: int = field(default=2000,
                                           metadata={"help": "sentences per language for Eq. 10-11"})
-    student: dict = field(default_factory=dict, metadata={"help": "student TrainConfig keys"})
-    label: dict = field(default_factory=dict, metadata={"help": "labeling knobs"})
 
     def __post_init__(self) -> None:
-        self.targets = parse_targets(self.targets)
+        super().__post_init__()
         if not self.teachers:
             raise ValueError("at least one teacher is required")
         for t in self.teachers:
@@ -56,8 +49,6 @@ class TslConfig:
             if len(self.teachers) < 2 or missing:
                 raise ValueError("similarity weighting needs >= 2 teachers, each with unlabeled "
                                  f"source text (`unlabeled`); missing for {missing}")
-        check_label_knobs(self.label)
-        student_config(Path(self.out), self.student)
 
 
 def run_tsl(cfg: TslConfig) -> dict:
