@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 
@@ -49,6 +50,8 @@ def head_node(num_cpus: int = 2, timeout: float = 120.0):
             try:
                 urllib.request.urlopen(f"{address}/api/version", timeout=2)
                 break
+            except urllib.error.HTTPError:
+                break  # it answers (401 when token auth is on): the job server is up
             except OSError:
                 if time.time() > deadline:
                     raise RuntimeError(f"no job server at {address} after {timeout}s")
