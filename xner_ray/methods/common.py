@@ -7,7 +7,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -122,3 +122,20 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)
+
+
+def run_recorded(cfg: JobConfig, job: str, body: Callable[[Any], dict]) -> dict:
+    """Record the job's run in the store, run ``body(store)``, write ``out/results.json`` and
+    mark the run succeeded -- or failed, whatever the exception (a kill included)."""
+    from xner_ray.store import Store
+
+    store = Store(cfg.store)
+    store.record_run(cfg.run_id, job, dataclasses.asdict(cfg))
+    try:
+        results = body(store)
+    except BaseException:
+        store.update_run(cfg.run_id, status="failed")
+        raise
+    write_json(Path(cfg.out) / "results.json", results)
+    store.update_run(cfg.run_id, status="succeeded")
+    return results

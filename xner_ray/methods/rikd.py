@@ -13,14 +13,13 @@ submitted again resumes at round k, reusing rounds 0..k-1 unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from xner_ray.methods.common import (JobConfig, TargetSpec, ensure_teacher, student_config,
-                                     target_scores, write_json)
+from xner_ray.methods.common import (JobConfig, TargetSpec, ensure_teacher, run_recorded,
+                                     student_config, target_scores, write_json)
 
 SELECTOR_ID = "rikd_policy.v1"
 
@@ -49,21 +48,14 @@ class RikdConfig(JobConfig):
 
 def run_rikd(cfg: RikdConfig) -> dict:
     """Run (or resume) the job; returns {lang: [per-round summary]}."""
-    from xner_ray.store import Store
     from xner_ray.train.loop import read_labeled
 
-    store = Store(cfg.store)
-    store.record_run(cfg.run_id, "rikd" if cfg.reinforce else "ikd", dataclasses.asdict(cfg))
-    try:
+    def body(store) -> dict:
         teacher = ensure_teacher(cfg.teacher, cfg.train_teacher)
         dev, _ = read_labeled(cfg.source_dev, "source dev")
-        results = {t.lang: _run_language(cfg, store, t, teacher, dev) for t in cfg.targets}
-    except BaseException:
-        store.update_run(cfg.run_id, status="failed")
-        raise
-    write_json(Path(cfg.out) / "results.json", results)
-    store.update_run(cfg.run_id, status="succeeded")
-    return results
+        return {t.lang: _run_language(cfg, store, t, teacher, dev) for t in cfg.targets}
+
+    return run_recorded(cfg, "rikd" if cfg.reinforce else "ikd", body)
 
 
 def _student_dir(cfg: RikdConfig, lang: str, k: int) -> Path:

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xner_ray.methods.common import (JobConfig, TargetSpec, ensure_teacher, student_config,
-                                     target_scores, write_json)
+from xner_ray.methods.common import (JobConfig, TargetSpec, ensure_teacher, run_recorded,
+                                     student_config, target_scores, write_json)
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -52,20 +52,14 @@ class TslConfig(JobConfig):
 
 
 def run_tsl(cfg: TslConfig) -> dict:
-    from xner_ray.store import Store
+    """Run (or resume) the job; returns {lang: summary}."""
 
-    store = Store(cfg.store)
-    store.record_run(cfg.run_id, "tsl", dataclasses.asdict(cfg))
-    try:
+    def body(store) -> dict:
         teachers = {t["lang"]: ensure_teacher(t.get("model"), t.get("train"))
                     for t in cfg.teachers}
-        results = {t.lang: _run_target(cfg, store, teachers, t) for t in cfg.targets}
-    except BaseException:
-        store.update_run(cfg.run_id, status="failed")
-        raise
-    write_json(Path(cfg.out) / "results.json", results)
-    store.update_run(cfg.run_id, status="succeeded")
-    return results
+        return {t.lang: _run_target(cfg, store, teachers, t) for t in cfg.targets}
+
+    return run_recorded(cfg, "tsl", body)
 
 
 def _sample(spec: str, lang: str, n: int, fmt: str = "auto") -> list[list[str]]:
