@@ -1,0 +1,212 @@
+"""Distillation benchmark (TSL / RIKD issue): en -> es and en -> nl on CoNLL, target dev F1 of
+
+  * direct transfer  -- the English teacher applied zero-shot,
+  * TSL single-source -- one student distilled from the teacher (TSL Eq. 3, `jobs/tsl.py`),
+  * iterative KD, rounds 1-3 -- RIKD without the RL selector (`reinforce: false`),
+  * RIKD, rounds 1-3 -- reinforced instance selection (RIKD Algorithm 1 + 2),
+
+all students with the same budget (architecture, steps, data). The unlabeled target text is a
+seeded random sample of the target `train.txt` with its labels dropped (the reader ignores CoNLL
+tags of unlabeled input); target dev labels are used for the scores below only, never for
+training or model selection (students are chosen on English dev).
+
+    python benchmarks/distillation.py --budget cpu --teacher outputs/direct_transfer/cpu
+
+The jobs run through the product's code paths (`run_tsl`, `run_rikd`) on one local Ray cluster
+and keep their stores under --out, so an interrupted benchmark resumes from the last complete
+round. Writes benchmarks/results/distillation_<budget>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import provenance  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LANGS = ("es", "nl")
+BUDGETS = {
+    # 2-core CPU budget: students shaped like the CPU teacher (bottom 6 of 12 layers), the
+    # paper's freezing (embeddings + bottom 3 layers), 2 epochs over a 2,000-sentence sample of
+    # the target train text, batch 16 (250 steps a round); RIKD: 100 warm-up steps (J_w), then
+    # reinforced steps; selection on 1,000 English dev sentences.
+    "cpu": dict(n_unlabeled=2000, rounds=3, warmup_steps=100,
+                student=dict(layers=6, epochs=2, batch_size=16, lr=1e-4, freeze_embeddings=True,
+                             freeze_layers=3, max_length=128, dev_limit=1000, seed=42)),
+    # The papers' setting (RIKD 4.2), for a GPU machine: all of the target train text.
+    "full": dict(n_unlabeled=None, rounds=3, warmup_steps=500,
+                 student=dict(epochs=5, batch_size=64, lr=5e-5, weight_decay=0.005,
+                              freeze_embeddings=True, freeze_layers=3, max_length=256, seed=42)),
+}
+
+
+def sample_conll(src: Path, dest: Path, n: int | None, seed: int) -> int:
+    """Write a seeded random sample of ``n`` sentences of ``src`` (all when None) to ``dest``
+    in CoNLL form; the tags travel along but unlabeled readers drop them."""
+    from xner_ray.io.conll import read_conll
+
+    sents = list(read_conll(str(src)))
+    if n is not None and n < len(sents):
+        keep = sorted(random.Random(seed).sample(range(len(sents)), n))
+        sents = [sents[i] for i in keep]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for s in sents:
+            f.write("".join(f"{w} {t}\n" for w, t in zip(s.tokens, s.tags)) + "\n")
+    tmp.replace(dest)
+    return len(sents)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    p.add_argument("--teacher", help="English teacher (default outputs/direct_transfer/<budget>)")
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--out", default=str(REPO / "outputs" / "distillation"))
+    p.add_argument("--langs", nargs="+", default=list(LANGS), choices=LANGS)
+    p.add_argument("--seed", type=int, default=0, help="seed of the unlabeled sample")
+    p.add_argument("--render", metavar="JSON", help="only rewrite the .md from a results .json")
+    args = p.parse_args(argv)
+    if args.render:
+        path = Path(args.render)
+        path.with_suffix(".md").write_text(_markdown(json.loads(path.read_text())))
+        return 0
+    meta = provenance()  # the revision and state the run starts from
+    budget = BUDGETS[args.budget]
+    teacher = Path(args.teacher or REPO / "outputs" / "direct_transfer" / args.budget)
+    if not (teacher / "train_summary.json").exists():
+        p.error(f"no trained teacher in {teacher}; run benchmarks/direct_transfer.py "
+                f"--budget {args.budget} first")
+    data, out = Path(args.data_dir), Path(args.out) / args.budget
+
+    from xner_ray.cluster import init_ray
+    from xner_ray.evaluate import evaluate_model
+    from xner_ray.methods.rikd import RikdConfig, run_rikd
+    from xner_ray.methods.tsl import TslConfig, run_tsl
+
+    targets, n_unlabeled = [], {}
+    for lang in args.langs:
+        sample = out / "data" / f"{lang}.unlabeled.conll"
+        n_unlabeled[lang] = sample_conll(data / f"conll2002-{lang}/train.txt", sample,
+                                         budget["n_unlabeled"], args.seed)
+        targets.append({"lang": lang, "unlabeled": str(sample), "fmt": "conll",
+                        "dev": str(data / f"conll2002-{lang}/dev.txt")})
+    common = dict(store=str(out / "store"), source_dev=str(data / "conll2003-en/dev.txt"),
+                  targets=targets, student=budget["student"])
+    init_ray()
+    rows, seconds = {}, {}
+
+    t0 = time.time()
+    rows["direct"] = {}
+    for t in targets:
+        r = evaluate_model(str(teacher), t["dev"], lang=t["lang"])
+        rows["direct"][t["lang"]] = {k: round(float(r[k]), 6) for k in ("precision", "recall", "f1")}
+    seconds["direct"] = round(time.time() - t0, 1)
+    print(f"[bench] direct transfer: {rows['direct']}", flush=True)
+
+    t0 = time.time()
+    tsl = run_tsl(TslConfig(run_id="tsl", out=str(out / "tsl"),
+                            teachers=[{"lang": "en", "model": str(teacher)}], **common))
+    seconds["tsl"] = round(time.time() - t0, 1)
+    rows["tsl"] = {lang: s["target_dev"] | {"source_dev_f1": s["source_dev_f1"]}
+                   for lang, s in tsl.items()}
+
+    for name, reinforce in (("ikd", False), ("rikd", True)):
+        t0 = time.time()
+        res = run_rikd(RikdConfig(run_id=name, out=str(out / name), teacher=str(teacher),
+                                  rounds=budget["rounds"], reinforce=reinforce,
+                                  warmup_steps=budget["warmup_steps"], **common))
+        seconds[name] = round(time.time() - t0, 1)
+        for lang, rounds in res.items():
+            for s in rounds:
+                extra = {k: s.get(k) for k in ("discard_ratio", "mean_reward", "rl_steps")
+                         if s.get(k) is not None}
+                rows.setdefault(f"{name}_r{s['round'] + 1}", {})[lang] = (
+                    s["target_dev"] | {"source_dev_f1": s["source_dev_f1"]} | extra)
+
+    result = {"benchmark": "distillation", "budget": args.budget, "teacher": str(teacher),
+              "teacher_config": json.loads((teacher / "train_summary.json").read_text())["config"],
+              "budget_settings": budget, "n_unlabeled": n_unlabeled, "sample_seed": args.seed,
+              "rows": rows, "seconds": seconds, **meta}
+    dest = REPO / "benchmarks" / "results" / f"distillation_{args.budget}"
+    dest.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    dest.with_suffix(".md").write_text(_markdown(result))
+    print(f"wrote {dest}.json and .md", flush=True)
+    return 0
+
+
+ROW_NAMES = {"direct": "Direct transfer (English teacher)", "tsl": "TSL single-source",
+             "ikd_r1": "Iterative KD (RIKD w/o RL), round 1",
+             "ikd_r2": "Iterative KD (RIKD w/o RL), round 2",
+             "ikd_r3": "Iterative KD (RIKD w/o RL), round 3",
+             "rikd_r1": "RIKD round 1", "rikd_r2": "RIKD round 2", "rikd_r3": "RIKD round 3"}
+
+
+def _markdown(r: dict) -> str:
+    langs = list(r["rows"]["direct"])
+    b, tc = r["budget_settings"], r["teacher_config"]
+    st = b["student"]
+    lines = [
+        f"# Distillation: direct transfer vs TSL vs RIKD ({r['budget']} budget)", "",
+        "Target dev F1 (seqeval, entity level, strict IOB2, full CoNLL-2002 dev files); target "
+        "labels are used for these scores only. Students are selected on English dev "
+        f"({st.get('dev_limit') or 'all'} sentences); 'src F1' is that English dev score.", "",
+        f"Teacher: `{r['teacher']}` (layers={tc['layers'] or 'all'}, epochs={tc['epochs']}, "
+        f"lr={tc['lr']}, trained on CoNLL-2003 en train). Unlabeled target text: "
+        + ", ".join(f"{lang} {n} sentences" for lang, n in r["n_unlabeled"].items())
+        + f" sampled from the target train.txt (seed {r['sample_seed']}), labels dropped.",
+        f"Every student: layers={st.get('layers') or 'all'}, epochs={st['epochs']}, "
+        f"batch={st['batch_size']}, lr={st['lr']}, frozen embeddings + bottom "
+        f"{st['freeze_layers']} layers, max_length={st['max_length']}, seed {st['seed']}, "
+        "initialised from the pre-trained encoder; RIKD: "
+        f"J_w={b['warmup_steps']} warm-up steps, policy lr 0.01. One seed per row.", "",
+        "| method | " + " | ".join(f"{lang} F1 | {lang} src F1" for lang in langs) + " |",
+        "|---|" + "---|---|" * len(langs),
+    ]
+    for key, name in ROW_NAMES.items():
+        if key not in r["rows"]:
+            continue
+        cells = []
+        for lang in langs:
+            m = r["rows"][key].get(lang, {})
+            src = m.get("source_dev_f1")
+            cells += [f"{m['f1']:.4f}" if "f1" in m else "-",
+                      f"{src:.4f}" if src is not None else "-"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    direct = r["rows"]["direct"]
+    lines += ["", "Change over direct transfer (F1 points):", "",
+              "| method | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
+    for key, name in ROW_NAMES.items():
+        if key == "direct" or key not in r["rows"]:
+            continue
+        lines.append(f"| {name} | " + " | ".join(
+            f"{100 * (r['rows'][key][lang]['f1'] - direct[lang]['f1']):+.1f}"
+            for lang in langs if lang in r["rows"][key]) + " |")
+    rl = [(k, lang, m) for k, v in r["rows"].items() if k.startswith("rikd")
+          for lang, m in v.items()]
+    if rl:
+        lines += ["", "RIKD policy per round: mean discard ratio and mean delayed reward over the "
+                  "reinforced steps (RIKD Eq. 3).", "",
+                  "| round | lang | RL steps | discard ratio | mean reward |", "|---|---|---|---|---|"]
+        for k, lang, m in rl:
+            dr, rw = m.get("discard_ratio"), m.get("mean_reward")
+            lines.append(f"| {k[-1]} | {lang} | {m.get('rl_steps', '-')} | "
+                         f"{dr:.3f} | {rw:.2e} |" if dr is not None else
+                         f"| {k[-1]} | {lang} | - | - | - |")
+    lines += ["", "Wall time per row group (s): " + ", ".join(f"{k} {v}" for k, v in
+                                                              r["seconds"].items()),
+              "", f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
+              f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}",
+              ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
