@@ -7,6 +7,10 @@
 --   precision = correct / pred, recall = correct / gold, f1 = 2PR / (P + R) (= 2 correct /
 --   (gold + pred)); each is 0 when its denominator is 0 (seqeval's zero_division default).
 -- Gold: sentences.gold_tags, joined on lang + sent_id (any round); rows without gold are left out.
+-- sent_id is a content hash, so repeated sentences share it; where copies carry different
+--   gold tags (CoNLL-2002 es train: 53 such sentences, e.g. bylines tagged differently) one
+--   copy's tags are used for all: the gold count can differ slightly from a per-line count
+--   (es train: 18,789 here vs 18,798 B- tags in the file).
 WITH gold AS (
   SELECT lang, sent_id, any_value(gold_tags) AS gold_tags
   FROM sentences WHERE gold_tags IS NOT NULL

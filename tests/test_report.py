@@ -59,3 +59,11 @@ def test_empty_store_and_cli(tmp_path, capsys):
     text = out.read_text()
     assert "no gold labels in the store" in text and "<svg" not in text
     assert Store(tmp_path / "empty").manifests() == []
+
+
+def test_axis_labels_fit_the_margin():
+    # y-axis labels are right-aligned in a 48-px margin at font-size 10: at most 5 characters
+    svg = report.bar_chart(["a", "b"], {"n": [12_345.0, 250_000.0]}, "counts")
+    labels = re.findall(r'text-anchor="end">([^<]+)</text>', svg)
+    assert labels == ["0", "62.5k", "125k", "188k", "250k"]
+    assert [report._tick(v) for v in (0.25, 9500.0, 3.2e6)] == ["0.25", "9500", "3.2M"]

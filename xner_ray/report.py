@@ -44,6 +44,14 @@ def html_table(rows: list[dict], columns: Optional[Sequence[str]] = None) -> str
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _tick(v: float) -> str:
+    """Axis label short enough for the 48-px margin: 0.25, 120, 9500, 12.5k, 3.2M."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if abs(v) >= div:
+            return f"{v / (1e3 if suffix == 'k' else div):.3g}{suffix}"
+    return f"{v:.4g}"
+
+
 def bar_chart(categories: Sequence[str], series: dict[str, Sequence[float]], title: str, *,
               y_max: Optional[float] = None, width: int = 520, height: int = 260) -> str:
     """Grouped vertical bars as an inline SVG figure."""
@@ -59,7 +67,7 @@ def bar_chart(categories: Sequence[str], series: dict[str, Sequence[float]], tit
         y = top + ph - ph * i / 4
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" '
                    f'stroke="#eee"/><text x="{left - 4}" y="{y + 4:.1f}" font-size="10" '
-                   f'text-anchor="end">{y_max * i / 4:.3g}</text>')
+                   f'text-anchor="end">{_tick(y_max * i / 4)}</text>')
     for s, (name, vs) in enumerate(series.items()):
         for c, v in enumerate(vs):
             h = ph * min(v, y_max) / y_max

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 
@@ -83,7 +84,8 @@ class KDBatch:
         for i, pos in enumerate(enc.first_subword):
             mask[i, : len(pos)] = torch.as_tensor(pos >= 0)
         teacher = teacher_tensor(batch["probs"], (len(mask), n_words, len(ctx.labels)))
-        weights = torch.as_tensor(batch["weight"], dtype=torch.float32)
+        # a copy: Ray Data hands out read-only arrays, which torch warns about sharing
+        weights = torch.tensor(np.asarray(batch["weight"], dtype=np.float32))
         return cls(enc, teacher.to(ctx.device), mask.to(ctx.device), weights.to(ctx.device))
 
     def word_outputs(self, model, ctx: StepContext, hidden: bool = False):
