@@ -1,4 +1,5 @@
-"""`ray job submit` against a real cluster started with `ray start --head`: the RIKD demo."""
+"""`ray job submit` against a real cluster started with `ray start --head`: the RIKD,
+AdvPicker and projection demo configs, as a user would submit them."""
 
 from __future__ import annotations
 
@@ -13,18 +14,24 @@ from tests._headnode import head_node, ray_env
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_rikd_demo_config_through_ray_job_submit(tmp_path):
-    out = tmp_path / "rikd"
+def submit(job: str, config: str, *sets: str) -> None:
+    """``ray job submit --working-dir REPO -- python jobs/JOB --config CONFIG --set ...`` on a
+    fresh head node; fails the test with the job's output unless the job succeeded."""
+    args = [a for kv in sets for a in ("--set", kv)]
     with head_node() as address:
         run = subprocess.run(
             ["ray", "job", "submit", "--working-dir", str(REPO), "--",
-             "python", "jobs/rikd.py", "--config", "configs/rikd_demo.yaml",
-             "--set", f"out={out}", "--set", f"store={out}/store",
-             "--set", f"train_teacher.out={out}/teacher-en"],
+             "python", f"jobs/{job}", "--config", f"configs/{config}", *args],
             env=ray_env(RAY_ADDRESS=address), capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "succeeded" in run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_rikd_demo_config_through_ray_job_submit(tmp_path):
+    out = tmp_path / "rikd"
+    submit("rikd.py", "rikd_demo.yaml", f"out={out}", f"store={out}/store",
+           f"train_teacher.out={out}/teacher-en")
 
     from xner_ray.store import Store
 
@@ -43,3 +50,37 @@ def test_rikd_demo_config_through_ray_job_submit(tmp_path):
     scores = json.loads(ev.stdout.strip().splitlines()[-1])
     assert scores["n_sentences"] == 300 and 0.0 <= scores["f1"] <= 1.0
     assert scores["f1"] == pytest.approx(results["de"][1]["target_dev"]["f1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_advpicker_demo_config_through_ray_job_submit(tmp_path):
+    out = tmp_path / "advpicker"
+    submit("advpicker.py", "advpicker_demo.yaml", f"out={out}", f"store={out}/store")
+
+    from xner_ray.sqlshell import connect
+    from xner_ray.store import Store
+
+    store = Store(out / "store")
+    con = connect(out / "store")
+    for lang in ("de", "nl"):
+        assert store.complete_rounds("advpicker-demo", lang) == [0]
+        n, scored, lo, hi, kept = con.execute(
+            "SELECT count(*), count(lang_score), min(lang_score), max(lang_score), "
+            "sum(selected::INT) FROM pseudo_labels WHERE lang = ?", [lang]).fetchone()
+        assert n > 0 and scored == n and 0.5 <= lo <= hi <= 1.0  # Eq. 6 range
+        assert 0 < kept < n
+        assert (out / lang / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_project_demo_config_through_ray_job_submit(tmp_path):
+    out = tmp_path / "project"
+    submit("project.py", "project_demo.yaml", f"out={out}", f"store={out}/store",
+           f"train_teacher.out={out}/teacher-en")
+
+    from xner_ray.sqlshell import connect
+
+    con = connect(out / "store")
+    rows = dict(con.execute("SELECT status, count(*) FROM projections GROUP BY ALL").fetchall())
+    assert sum(rows.values()) == 300 and rows.get("ok", 0) > 0
+    assert (out / "es" / "model.safetensors").exists()

@@ -61,7 +61,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
         langs = langs * len(args.input) if len(langs) == 1 else langs
         values["inputs"] = [{"path": p, "lang": l, "fmt": args.format, "gold": args.gold}
                             for p, l in zip(args.input, langs)]
-    for key in ("store", "round", "selector", "run_id", "student", "batch_size", "num_actors"):
+    for key in ("store", "round", "selector", "run_id", "student", "batch_size", "num_actors",
+                "lang_scorers", "combine"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     cfg = config.build(LabelConfig, values)
@@ -122,9 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the input's tags as gold_tags (evaluation only)")
     lb.add_argument("--store", help="store root folder")
     lb.add_argument("--round", type=int, help="round number (default 0)")
-    lb.add_argument("--selector", help="e.g. keep_all, confidence:0.9, top_rho:confidence:0.8")
+    lb.add_argument("--selector", help="e.g. keep_all, confidence:0.9, top_rho:confidence:0.8, "
+                    "lang_score:0.8 (AdvPicker, needs --lang-scorer)")
     lb.add_argument("--run-id", dest="run_id", help="default: hash of teachers + inputs")
     lb.add_argument("--student", help="student model: fills the agreement column")
+    lb.add_argument("--lang-scorer", dest="lang_scorers", action="append",
+                    help="TLADV teacher folder whose discriminator fills lang_score (repeat: "
+                         "one per seed; AdvPicker)")
+    lb.add_argument("--combine", choices=["mean", "best_confidence"],
+                    help="ensemble: mean (default) or best_confidence (AdvPicker seed ensemble)")
     lb.add_argument("--batch-size", dest="batch_size", type=int, help="sentences per forward")
     lb.add_argument("--num-actors", dest="num_actors", type=int, help="teacher actors")
     lb.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")

@@ -132,6 +132,34 @@ def tag_agreement(teacher_tags: Sequence[str], student_tags: Sequence[str]) -> f
     return float(np.mean([a == b for a, b in zip(teacher_tags, student_tags)]))
 
 
+def batch_lang_score(p_source: np.ndarray) -> np.ndarray:
+    """AdvPicker Eq. 6: l_score(x) = 1 - |P(source | x) - 0.5| for each sentence: 1 where the
+    language discriminator cannot tell (P = 0.5), 0.5 where it is certain (P = 0 or 1)."""
+    p = np.asarray(p_source, dtype=np.float64)
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError("discriminator probabilities must lie in [0, 1]")
+    return 1.0 - np.abs(p - 0.5)
+
+
+def most_confident(per_model: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """AdvPicker 4.1, seed ensemble: for each sentence, the index of the model whose soft-label
+    sequence has the highest *sum* over words of the predicted label's probability
+    (sum_i max_c p_c(x_i)); ties go to the first model. ``per_model[k][s]`` is model k's
+    [T_s, L] array for sentence s."""
+    if not per_model:
+        raise ValueError("most_confident needs at least one model")
+    n = len(per_model[0])
+    if any(len(m) != n for m in per_model):
+        raise ValueError(f"models labeled different numbers of sentences: "
+                         f"{[len(m) for m in per_model]}")
+    sums = np.zeros((len(per_model), n))
+    for k, probs in enumerate(per_model):
+        flat, lengths = _segments(probs)
+        seg = np.repeat(np.arange(n), lengths)
+        sums[k] = np.bincount(seg, weights=flat.max(axis=1) if flat.size else None, minlength=n)
+    return sums.argmax(axis=0)
+
+
 def score_batch(probs: Sequence[np.ndarray], tags: Sequence[Sequence[str]],
                 labels: Sequence[str]) -> dict[str, np.ndarray]:
     """The score columns of ``pseudo_labels`` for a batch, typed as the store expects."""

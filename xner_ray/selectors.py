@@ -253,6 +253,99 @@ class TopRho(Selector):
         return keep, keep.astype(np.float32)
 
 
+LANG_COMBINE = ("union", "chosen")
+
+
+@register_selector
+@dataclasses.dataclass
+class LangScoreTopRho(Selector):
+    """AdvPicker 3.2: keep the most language-independent target sentences, the top ``rho``
+    (paper: 0.8) by l_score = 1 - |P_dis - 0.5| (Eq. 6), written by the labeling stage's
+    discriminators (``lang_scorers``).
+
+    With a seed ensemble (several scorers): ``combine="union"`` keeps a sentence when any
+    seed's discriminator puts it in that seed's top ``rho`` (reads every seed's score from
+    the stage's transient ``lang_scores`` column; the decisions are remembered by ``sent_id``
+    for the rewrite of the round's files, so the selector applies only to the set it was
+    fitted on). ``combine="chosen"`` ranks the stored ``lang_score`` alone (the score of the
+    seed whose soft labels were kept; exactly ``floor(rho * n)`` rows, as AdvPicker Table 5's
+    counts are). One scorer: both are the same. Ties and order as :class:`TopRho`.
+    """
+
+    rho: float = 0.8
+    combine: str = "union"
+    name: ClassVar[str] = "lang_score.v1"
+    scope: ClassVar[str] = "set"
+    _top: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _decided: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.rho = float(self.rho)
+        if not 0.0 <= self.rho <= 1.0:
+            raise ValueError(f"{self.name}: rho must be in [0, 1], got {self.rho}")
+        if self.combine not in LANG_COMBINE:
+            raise ValueError(f"{self.name}: combine must be one of {LANG_COMBINE}, "
+                             f"got {self.combine!r}")
+        self.columns = (("lang_score", "sent_id") if self.combine == "chosen"
+                        else ("lang_scores", "sent_id"))
+
+    def fit(self, data: Union[Batch, Iterable[Batch]]) -> "LangScoreTopRho":
+        batches = [data] if isinstance(data, (pa.Table, pa.RecordBatch, Mapping)) else list(data)
+        if self.combine == "chosen":
+            self._top = TopRho("lang_score", self.rho).fit(batches)
+            return self
+        ids = np.concatenate([_column(b, "sent_id", self.name) for b in batches] or [[]])
+        scores = _score_matrix(batches, self.name)
+        keep = np.zeros(len(ids), dtype=bool)
+        for k in range(scores.shape[1]):  # union of each seed's top rho (AdvPicker 4.1)
+            top = TopRho("s", self.rho)
+            cols = {"s": scores[:, k], "sent_id": ids}
+            top._fit(cols)
+            keep |= top.decide(cols)[0]
+        decided: dict[str, bool] = {}
+        for i, k in zip(ids.tolist(), keep.tolist()):
+            decided[i] = decided.get(i, False) or k  # duplicates share a sent_id
+        self._decided = decided
+        return self
+
+    def __call__(self, batch: Batch) -> Batch:
+        need = ("lang_score", "sent_id") if self.combine == "chosen" else ("sent_id",)
+        keep, weight = self.decide({c: _column(batch, c, self.name) for c in need})
+        return _with_columns(batch, np.asarray(keep, dtype=bool),
+                             np.asarray(weight, dtype=np.float32), self.id)
+
+    def decide(self, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if self._top is None and self._decided is None:
+            raise RuntimeError(f"{self.id} ranks the whole set: call fit(whole_set) or "
+                               "select(whole_set) before applying it to batches")
+        if self.combine == "chosen":
+            return self._top.decide(cols)
+        unseen = [i for i in cols["sent_id"].tolist() if i not in self._decided]
+        if unseen:
+            raise ValueError(f"{self.id} was fitted on another set: {len(unseen)} sentences "
+                             f"it never saw, e.g. {unseen[0]!r}")
+        keep = np.array([self._decided[i] for i in cols["sent_id"].tolist()], dtype=bool)
+        return keep, keep.astype(np.float32)
+
+
+def _score_matrix(batches: list, owner: str) -> np.ndarray:
+    """The per-seed ``lang_scores`` lists of all rows as one [n, K] array (nulls: NaN rows)."""
+    rows = []
+    for b in batches:
+        col = b.column("lang_scores") if isinstance(b, (pa.Table, pa.RecordBatch)) else (
+            b.get("lang_scores") if isinstance(b, Mapping) else None)
+        if col is None:
+            raise ValueError(f"{owner} needs column 'lang_scores' (the labeling stage's "
+                             "per-seed l_scores)")
+        rows.extend(col.to_pylist() if isinstance(col, (pa.Array, pa.ChunkedArray)) else col)
+    widths = {len(r) for r in rows if r is not None}
+    if len(widths) > 1:
+        raise ValueError(f"{owner}: rows carry different numbers of seed scores {sorted(widths)}")
+    k = widths.pop() if widths else 1
+    return np.array([[np.nan] * k if r is None else r for r in rows], dtype=np.float64
+                    ).reshape(len(rows), k)
+
+
 def available() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -106,6 +106,10 @@ SELECT COLUMNS(lambda c: c <> 'empty') FROM (
     NULL::STRUCT("start" INTEGER, "end" INTEGER, "type" VARCHAR, "score" FLOAT)[] AS "tgt_spans",
     NULL::FLOAT AS "alignment_score",
     NULL::VARCHAR AS "status",
+    NULL::VARCHAR AS "reason",
+    NULL::VARCHAR[] AS "tgt_tags",
+    NULL::VARCHAR AS "ref",
+    NULL::VARCHAR AS "aligner",
     NULL::VARCHAR AS "lang",
     NULL::INTEGER AS "round",
     NULL::VARCHAR AS "run_id"

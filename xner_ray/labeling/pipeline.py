@@ -39,6 +39,12 @@ class LabelConfig:
                                     metadata={"help": "teacher weights alpha_k (TSL Eq. 6)"})
     student: Optional[str] = field(default=None,
                                    metadata={"help": "student model: fills `agreement`"})
+    combine: str = field(default="mean", metadata={
+        "help": "teacher ensemble: mean (weighted average, TSL Eq. 6) | best_confidence (per "
+                "sentence the teacher with the highest summed label confidence, AdvPicker 4.1)"})
+    lang_scorers: Optional[list] = field(default=None, metadata={
+        "help": "TLADV teacher folders whose discriminators fill `lang_score` "
+                "(AdvPicker Eq. 5-6); needed by the lang_score selector"})
     run_id: Optional[str] = field(default=None,
                                   metadata={"help": "default: a hash of teachers + inputs"})
     round: int = field(default=0, metadata={"help": "round number of this labeling"})
@@ -65,11 +71,17 @@ class LabelConfig:
             raise ValueError("at least one input is required")
         if self.weights is not None and len(self.weights) != len(self.teachers):
             raise ValueError(f"{len(self.weights)} weights for {len(self.teachers)} teachers")
+        if isinstance(self.lang_scorers, str):
+            self.lang_scorers = [self.lang_scorers]
+        from xner_ray.labeling.stages import COMBINE
+
+        if self.combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+        if self.combine != "mean" and self.weights is not None:
+            raise ValueError("teacher weights apply to combine: mean only")
         if self.round < 0 or self.batch_size < 1 or self.block_rows < 1:
             raise ValueError("round >= 0, batch_size >= 1 and block_rows >= 1 are required")
-        from xner_ray.selectors import make_selector
-
-        make_selector(self.selector)  # fail now, with the valid names, not inside the run
+        check_selector(self.selector, self.lang_scorers)  # fail now, not inside the run
         if self.run_id is None:
             key = json.dumps([self.teachers, [dataclasses.asdict(i) for i in self.inputs]])
             self.run_id = "label-" + hashlib.blake2b(key.encode(), digest_size=5).hexdigest()
@@ -79,6 +91,18 @@ class LabelConfig:
         d = dataclasses.asdict(self)
         d.pop("round")
         return d
+
+
+def check_selector(spec, lang_scorers: Optional[list] = None):
+    """Build the selector (a bad spec raises with the valid names); one that reads the
+    discriminators' scores needs ``lang_scorers``."""
+    from xner_ray.selectors import make_selector
+
+    selector = make_selector(spec)
+    if {"lang_score", "lang_scores"} & set(selector.columns) and not lang_scorers:
+        raise ValueError(f"selector {selector.id} reads lang_score: give `lang_scorers` "
+                         "(TLADV teacher folders with a discriminator)")
+    return selector
 
 
 def _teacher_resources(cfg: LabelConfig) -> dict:
@@ -112,7 +136,8 @@ def build_dataset(cfg: LabelConfig, collector, *, langs: set[str]):
         TeacherStage, fn_constructor_args=(cfg.teachers,),
         fn_constructor_kwargs=dict(weights=cfg.weights, student=cfg.student,
                                    batch_size=cfg.batch_size, threads=res["threads"],
-                                   teacher_id=_teacher_id(cfg)),
+                                   teacher_id=_teacher_id(cfg), combine=cfg.combine,
+                                   lang_scorers=cfg.lang_scorers),
         batch_size=cfg.block_rows, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=res["concurrency"]), num_cpus=res["num_cpus"],
         num_gpus=res["num_gpus"])
@@ -137,7 +162,7 @@ def _teacher_id(cfg: LabelConfig) -> str:
 
 SENTENCE_FIELDS = ("sent_id", "source", "tokens", "gold_tags", "text")
 LABEL_FIELDS = ("sent_id", "teacher", "tags", "probs", "confidence", "f_conf", "n_entities",
-                "length", "agreement")
+                "length", "agreement", "lang_score")
 
 
 def label(cfg: LabelConfig, *, own_run: bool = True) -> dict:
@@ -184,8 +209,9 @@ def open_rounds(cfg: LabelConfig, store) -> Iterator[dict]:
         yield {}
         return
     selector = make_selector(cfg.selector)
-    check_same_tokenizer(cfg.teachers)
-    meta = {"teachers": cfg.teachers, "weights": cfg.weights, "selector": selector.id}
+    check_same_tokenizer(list(dict.fromkeys([*cfg.teachers, *(cfg.lang_scorers or [])])))
+    meta = {"teachers": cfg.teachers, "weights": cfg.weights, "selector": selector.id,
+            "combine": cfg.combine, "lang_scorers": cfg.lang_scorers}
     with contextlib.ExitStack() as stack:
         writers = {l: stack.enter_context(store.round_writer(
             cfg.run_id, l, cfg.round, labels=model_labels(cfg.teachers[0]), meta=dict(meta),

@@ -46,6 +46,9 @@ def nested_probs(probs: list, n_labels: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
 
 
+COMBINE = ("mean", "best_confidence")  # TSL Eq. 6 weighted mean | AdvPicker 4.1 seed ensemble
+
+
 class SubwordStage:
     """Sub-word ids and each word's first sub-word position (-1 past ``max_length``)."""
 
@@ -83,18 +86,33 @@ class TeacherStage:
     distributions, p = sum_k alpha_k p_k (TSL Eq. 6); weights default to uniform (TSL Eq. 7).
     With ``student`` given, ``agreement`` is RIKD Eq. 6 between the combined teacher and it.
     Sub-batches are sorted by length (length bucketing) so padding stays small.
+
+    AdvPicker: ``combine="best_confidence"`` keeps, per sentence, the one teacher's soft labels
+    with the highest summed label confidence instead of averaging (seed ensemble, AdvPicker
+    4.1). ``lang_scorers`` are TLADV folders (encoder + ``discriminator.safetensors``); each
+    gives P(source | x), the mean over the sentence's sub-words of its discriminator's sigmoid
+    (Eq. 5), and l_score = 1 - |P - 0.5| (Eq. 6). ``lang_scores`` holds every scorer's
+    l_score (for set selectors; not stored) and ``lang_score`` the stored one: the chosen
+    teacher's when every teacher is a scorer and ``combine="best_confidence"`` (its score
+    travels with its soft labels), else the highest over the scorers. A scorer that is also a
+    teacher reuses that teacher's forward pass. Without scorers both columns are null.
     """
 
     def __init__(self, teachers: Sequence[str], *, weights: Optional[Sequence[float]] = None,
                  student: Optional[str] = None, batch_size: int = 32,
                  device: Optional[str] = None, threads: Optional[int] = None,
-                 teacher_id: Optional[str] = None):
+                 teacher_id: Optional[str] = None, combine: str = "mean",
+                 lang_scorers: Optional[Sequence[str]] = None):
         import torch
 
         from xner_ray.models.classifier import load_token_classifier
 
         if not teachers:
             raise ValueError("TeacherStage needs at least one teacher model")
+        if combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+        if combine == "best_confidence" and weights is not None:
+            raise ValueError("teacher weights apply to combine='mean' only")
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -114,8 +132,29 @@ class TeacherStage:
         self.pad_id = self.models[0].config.pad_token_id or 0
         self.o_index = self.labels.index("O")
         self.teacher_id = teacher_id or "+".join(str(t) for t in teachers)
+        self.combine = combine
+        self._load_scorers([str(t) for t in teachers], [str(s) for s in lang_scorers or []])
 
-    def _probs(self, model, ids: list[list[int]], pos: list[list[int]]) -> list[np.ndarray]:
+    def _load_scorers(self, teachers: list[str], scorers: list[str]) -> None:
+        """(teacher index or own model, discriminator) per scorer (AdvPicker Eq. 5)."""
+        from xner_ray.models.classifier import load_token_classifier
+        from xner_ray.train.adversarial import load_discriminator
+
+        self.scorers = []
+        for s in scorers:
+            model = teachers.index(s) if s in teachers else (
+                load_token_classifier(s).to(self.device).eval())
+            disc = load_discriminator(s).to(self.device).eval()
+            enc = self.models[model] if isinstance(model, int) else model
+            if disc.input_dim != enc.config.hidden_size:
+                raise ValueError(f"{s}: discriminator input {disc.input_dim} != encoder hidden "
+                                 f"size {enc.config.hidden_size}")
+            self.scorers.append((model, disc))
+        self.chosen_score = (self.combine == "best_confidence" and len(scorers) == len(teachers)
+                             and all(isinstance(m, int) and m == k
+                                     for k, (m, _) in enumerate(self.scorers)))
+
+    def _inputs(self, ids: list[list[int]]):
         import torch
 
         width = max(len(x) for x in ids)
@@ -124,28 +163,75 @@ class TeacherStage:
         for i, x in enumerate(ids):
             input_ids[i, :len(x)] = torch.tensor(x)
             mask[i, :len(x)] = 1
+        return input_ids.to(self.device), mask.to(self.device)
+
+    def _forward(self, model, inputs, pos: list[list[int]], hidden: bool = False):
+        """Per-word soft labels, and the encoder's last hidden states when ``hidden``."""
+        import torch
+
+        input_ids, mask = inputs
         use_bf16 = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16,
                                                     enabled=use_bf16):
-            logits = model(input_ids=input_ids.to(self.device),
-                           attention_mask=mask.to(self.device)).logits
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        out = []
+            out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=hidden)
+        probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+        rows_out = []
         for i, p in enumerate(pos):
             p = np.asarray(p, dtype=np.int64)
             rows = np.zeros((len(p), len(self.labels)), dtype=np.float64)
             rows[:, self.o_index] = 1.0  # words cut by truncation: certain O
             ok = p >= 0
             rows[ok] = probs[i, p[ok]]
-            out.append(rows)
+            rows_out.append(rows)
+        return rows_out, (out.hidden_states[-1] if hidden else None)
+
+    def _probs(self, model, ids: list[list[int]], pos: list[list[int]]) -> list[np.ndarray]:
+        return self._forward(model, self._inputs(ids), pos)[0]
+
+    def _lang_scores(self, inputs, hiddens: dict, pos) -> np.ndarray:
+        """[n_scorers, batch] l_score (AdvPicker Eq. 5-6) of every scorer."""
+        import torch
+
+        from xner_ray.scores import batch_lang_score
+        from xner_ray.train.adversarial import sentence_source_prob
+
+        out = np.zeros((len(self.scorers), len(pos)))
+        for j, (model, disc) in enumerate(self.scorers):
+            with torch.inference_mode():
+                h = hiddens[model] if isinstance(model, int) else model.base_model(
+                    input_ids=inputs[0], attention_mask=inputs[1]).last_hidden_state
+                p = sentence_source_prob(disc(h.float()), inputs[1]).cpu().numpy()
+            out[j] = batch_lang_score(p)
         return out
 
-    def _combined(self, ids, pos) -> tuple[list[np.ndarray], Optional[list[np.ndarray]]]:
-        per_model = [self._probs(m, ids, pos) for m in self.models]
-        mixed = [sum(w * pm[i] for w, pm in zip(self.weights, per_model))
-                 for i in range(len(ids))]
+    def _combined(self, ids, pos):
+        """(soft labels, student soft labels or None, [n_scorers, batch] l_scores, index of
+        the teacher each sentence's soft labels come from or None when averaged)."""
+        from xner_ray.scores import most_confident
+
+        inputs = self._inputs(ids)
+        want = {m for m, _ in self.scorers if isinstance(m, int)}
+        per_model, hiddens = [], {}
+        for k, m in enumerate(self.models):
+            rows, h = self._forward(m, inputs, pos, hidden=k in want)
+            per_model.append(rows)
+            if h is not None:
+                hiddens[k] = h
+        if self.combine == "best_confidence":
+            chosen = most_confident(per_model)  # AdvPicker 4.1
+            mixed = [per_model[k][i] for i, k in enumerate(chosen)]
+        else:
+            chosen = None
+            mixed = [sum(w * pm[i] for w, pm in zip(self.weights, per_model))
+                     for i in range(len(ids))]
         student = self._probs(self.student, ids, pos) if self.student is not None else None
-        return mixed, student
+        lang = self._lang_scores(inputs, hiddens, pos) if self.scorers else None
+        return mixed, student, lang, chosen
+
+    def _stored_lang_score(self, lang: np.ndarray, chosen) -> np.ndarray:
+        if self.chosen_score:
+            return lang[chosen, np.arange(lang.shape[1])]
+        return lang.max(axis=0)
 
     def __call__(self, batch: Batch) -> pa.Table:
         from xner_ray.labels import viterbi_batch
@@ -155,14 +241,20 @@ class TeacherStage:
         pos = _column(batch, "word_pos")
         probs: list[Optional[np.ndarray]] = [None] * len(ids)
         stud: list[Optional[np.ndarray]] = [None] * len(ids)
+        lang_all = np.full((len(ids), len(self.scorers)), np.nan)
+        lang_one = np.full(len(ids), np.nan)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for k in range(0, len(order), self.batch_size):
             idx = order[k:k + self.batch_size]
-            mixed, student = self._combined([ids[i] for i in idx], [pos[i] for i in idx])
+            mixed, student, lang, chosen = self._combined([ids[i] for i in idx],
+                                                          [pos[i] for i in idx])
             for j, i in enumerate(idx):
                 probs[i] = mixed[j]
                 if student is not None:
                     stud[i] = student[j]
+            if lang is not None:
+                lang_all[idx] = lang.T
+                lang_one[idx] = self._stored_lang_score(lang, chosen)
         with np.errstate(divide="ignore"):
             tags = viterbi_batch([np.log(p) for p in probs], self.labels)
         scores = score_batch(probs, tags, self.labels)
@@ -179,6 +271,10 @@ class TeacherStage:
             "length": pa.array(scores["length"]),
             "agreement": pa.array(agreement, mask=np.isnan(agreement) if self.student is None
                                   else None),
+            "lang_score": pa.array(lang_one.astype(np.float32), mask=np.isnan(lang_one)),
+            "lang_scores": pa.array([row.astype(np.float32) for row in lang_all]
+                                    if self.scorers else [None] * len(ids),
+                                    pa.list_(pa.float32())),
         }
         for name, arr in cols.items():
             table = table.append_column(name, arr)

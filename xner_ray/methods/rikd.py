@@ -37,9 +37,17 @@ class RikdConfig(JobConfig):
     warmup_steps: int = field(default=100, metadata={"help": "J_w: steps on all data first"})
     policy_lr: float = field(default=0.01, metadata={"help": "policy SGD learning rate (Eq. 4)"})
     reward_scale: float = field(default=1.0, metadata={"help": "multiplies r in Eq. 4"})
+    selector: str = field(default="keep_all", metadata={
+        "help": "labeling selector applied before the policy: the student (and the policy) see "
+                "only its rows, e.g. 'lang_score:0.8' (AdvPicker selection, needs lang_scorers)"})
+    lang_scorers: Optional[list] = field(default=None, metadata={
+        "help": "TLADV teacher folders whose discriminators fill lang_score (AdvPicker Eq. 5-6)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from xner_ray.labeling.pipeline import check_selector
+
+        check_selector(self.selector, self.lang_scorers)
         if self.rounds < 1 or self.warmup_steps < 0 or self.policy_lr <= 0:
             raise ValueError("rounds >= 1, warmup_steps >= 0 and policy_lr > 0 are required")
         if not self.teacher and not self.train_teacher:
@@ -89,13 +97,15 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
     student = _student_dir(cfg, target.lang, k)
     label_cfg = LabelConfig(teachers=[teacher], store=cfg.store, run_id=cfg.run_id, round=k,
                             inputs=[{"path": target.unlabeled, "lang": target.lang,
-                                     "fmt": target.fmt}], **cfg.label)
+                                     "fmt": target.fmt}], selector=cfg.selector,
+                            lang_scorers=cfg.lang_scorers, **cfg.label)
     with open_rounds(label_cfg, store) as writers:
         writer = writers[target.lang]
         files = {t: writer.files(t) for t in ("sentences", "pseudo_labels")}
         data = student.parent / f"train-round{k}.parquet"
         student.parent.mkdir(parents=True, exist_ok=True)
-        n = export_training_set(files, data, selected_only=False)
+        # keep_all selects every row with weight 1: the same set as before a selector existed
+        n = export_training_set(files, data, selected_only=True)
         artifacts = student / "_policy"
         fit(student_config(student, cfg.student), loss="rikd" if cfg.reinforce else "kd",
             labels=writer.labels, dataset=ray.data.read_parquet(str(data), num_cpus=0.25),
@@ -104,7 +114,8 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
                            reward_scale=cfg.reward_scale),
             artifacts_dir=str(artifacts) if cfg.reinforce else None)
         data.unlink(missing_ok=True)
-        policy = _apply_decisions(writer, artifacts) if cfg.reinforce else {}
+        policy = (_apply_decisions(writer, artifacts, _selector_id(cfg.selector))
+                  if cfg.reinforce else {})
         summary = {"round": k, "teacher": teacher, "student": str(student), "n_train": n,
                    **policy, "target_dev": target_scores(student, target),
                    "source_dev_f1": json.loads((student / "train_summary.json").read_text())
@@ -119,7 +130,15 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
     return summary
 
 
-def _apply_decisions(writer, artifacts: Path) -> dict:
+def _selector_id(spec: str) -> str:
+    """``rikd_policy.v1``, prefixed by the labeling selector when one narrowed the rows."""
+    from xner_ray.selectors import KeepAll, make_selector
+
+    pre = make_selector(spec)
+    return SELECTOR_ID if isinstance(pre, KeepAll) else f"{pre.id}+{SELECTOR_ID}"
+
+
+def _apply_decisions(writer, artifacts: Path, selector_id: str = SELECTOR_ID) -> dict:
     """Fill ``policy_p``/``selected``/``weight`` of the round's pseudo-labels from the policy's
     last decision per instance; instances the reinforced phase never reached: policy_p null,
     selected false. Returns the discard ratio and mean reward over the reinforced steps."""
@@ -141,7 +160,7 @@ def _apply_decisions(writer, artifacts: Path) -> dict:
         p = pa.array([g[0] if g else None for g in got], pa.float32())
         sel = pa.array([bool(g and g[1]) for g in got], pa.bool_())
         cols = {"policy_p": p, "selected": sel, "weight": pc.cast(sel, pa.float32()),
-                "selector": pa.array([SELECTOR_ID] * table.num_rows, pa.string())}
+                "selector": pa.array([selector_id] * table.num_rows, pa.string())}
         for name, arr in cols.items():
             table = table.set_column(table.schema.get_field_index(name), name, arr)
         return table

@@ -105,6 +105,11 @@ PROJECTIONS = pa.schema([
     _f("tgt_spans", pa.list_(SCORED_SPAN), "projected target spans with aligner score"),
     _f("alignment_score", pa.float32(), "pair-level alignment score", True),
     _f("status", pa.string(), f"one of {PROJECTION_STATUSES}"),
+    _f("reason", pa.string(), "why the pair was dropped (every failed filter); null when ok",
+       True),
+    _f("tgt_tags", _STR_LIST, "projected IOB2 tags over tgt_tokens; null when dropped", True),
+    _f("ref", pa.string(), "the pair's external id, e.g. a verse (Moses .ids)", True),
+    _f("aligner", pa.string(), "versioned aligner id, e.g. 'simalign.v1(...)'", True),
     _LANG, _ROUND, _RUN_ID,
 ])
 

@@ -85,14 +85,19 @@ def write_rejects(path: Path, rejects) -> None:
 
 def fit(cfg: TrainConfig, *, loss: str, labels: list[str], dataset, n_train: int,
         dev, name: str, extra_summary: Optional[dict] = None,
-        step_args: Optional[dict] = None, artifacts_dir: Optional[str] = None) -> Path:
+        step_args: Optional[dict] = None, artifacts_dir: Optional[str] = None,
+        loop=None, extra_datasets: Optional[dict] = None) -> Path:
     """Run ``TorchTrainer`` with the shared loop; copy the best checkpoint to ``cfg.out``.
 
     ``loss``: ``"ce"`` (gold ``tags``), ``"kd"`` (teacher ``probs`` + ``weight``) or ``"rikd"``
-    (KD with RIKD's reinforced selection; ``step_args`` configure it, see ``steps.RikdStep``).
+    (KD with RIKD's reinforced selection; ``step_args`` configure it, see ``steps.RikdStep``),
+    ``"rw"`` (cross-entropy re-weighted by (1 + p_t)^gamma, ``steps.ReverseFocalStep``) or
+    ``"align"`` (the entity alignment model, ``steps.AlignStep``).
     ``dev``: source-language sentences with gold tags, scored by rank 0 after every epoch.
     ``artifacts_dir``: where steps write per-rank side outputs (RIKD decisions); it must be on
     storage every worker can reach, like Ray Train's own ``storage_path``.
+    ``loop``: another per-worker function with ``train_loop``'s contract (TLADV's
+    ``adversarial.tladv_loop``); ``extra_datasets``: more Ray datasets for it, by name.
     """
     import ray
     import ray.train
@@ -117,7 +122,7 @@ def fit(cfg: TrainConfig, *, loss: str, labels: list[str], dataset, n_train: int
                     artifacts_dir=artifacts_dir,
                     dev_tokens=[s.tokens for s in dev], dev_tags=[s.tags for s in dev])
     trainer = TorchTrainer(
-        train_loop,
+        loop or train_loop,
         train_loop_config=loop_cfg,
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.use_gpu,
@@ -128,7 +133,7 @@ def fit(cfg: TrainConfig, *, loss: str, labels: list[str], dataset, n_train: int
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="dev_f1",
                 checkpoint_score_order="max")),
-        datasets={"train": dataset},
+        datasets={"train": dataset, **(extra_datasets or {})},
     )
     started = time.time()
     result = trainer.fit()
@@ -202,8 +207,11 @@ def train_loop(config: dict) -> None:
                    "epoch_seconds": round(time.time() - t0, 1), "dev_f1": 0.0,
                    **run_step.epoch_metrics()}
         if rank == 0:
-            dev = score_tags(config["dev_tags"], predict_tags(bare, tokenizer,
-                                                              config["dev_tokens"], device=device))
+            # a step whose inputs are more than words (the aligner's query) predicts its own dev
+            predict = getattr(run_step, "predict_dev", None)
+            pred = (predict(config["dev_tokens"]) if predict is not None
+                    else predict_tags(bare, tokenizer, config["dev_tokens"], device=device))
+            dev = score_tags(config["dev_tags"], pred)
             metrics.update(dev_f1=dev["f1"], dev_precision=dev["precision"],
                            dev_recall=dev["recall"])
             print(f"[train] epoch {epoch + 1} step {step} loss {metrics['train_loss']:.5f} "

@@ -55,3 +55,26 @@ def kd_mse_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, mask:
     per_sent = (per_word * m).sum(dim=1) / n_words.clamp(min=1)
     w = weights.float() * (n_words > 0).float()
     return (per_sent * w).sum() / w.sum().clamp(min=1e-12)
+
+
+def reverse_focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float,
+                       ignore_index: int = -100) -> torch.Tensor:
+    """Li et al. Sec. 4.3 re-weighted loss (RW): cross-entropy times ``(1 + p_t)^gamma``.
+
+    The focal loss (Lin et al.) weights a token by ``(1 - p_t)^gamma`` to stress hard examples;
+    on noisy pseudo-labels the hard ones are likely wrong, so the weight goes the other way and
+    confident tokens count more (paper: gamma in 1..5, 4 works best). ``p_t`` is the model's
+    probability of the label; the weight is not detached (the formula is the loss, as a focal
+    loss is), so below p_t ~ 0.35 at gamma 4 the loss no longer pulls p_t up: such tokens are
+    treated as noise. Mean over the tokens whose label is not ``ignore_index``, like torch's
+    cross-entropy, so ``gamma = 0`` is exactly the cross-entropy.
+    """
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    keep = labels != ignore_index
+    logp_t = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)[keep]
+    if not logp_t.numel():
+        return logits.sum() * 0.0  # no labelled token: zero, still attached to the graph
+    weight = (1.0 + logp_t.exp()) ** gamma
+    return -(weight * logp_t).mean()

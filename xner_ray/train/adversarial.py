@@ -1,0 +1,463 @@
+"""Token-level language-adversarial training (TLADV) of a teacher: AdvPicker section 3.1.
+
+An encoder E with a linear NER head (AdvPicker Eq. 1-2) and a language discriminator over E's
+token vectors (Eq. 3: two linear layers with a ReLU between them, a sigmoid giving P(source))
+are trained with the three losses of Eq. 4, applied one after the other and never summed
+(Algorithm 1, lines 3-13):
+
+  NER  cross-entropy on a labeled source batch; updates E and the NER head     (``lr``, 6e-5)
+  E    the discriminator's BCE against *flipped* language labels on a source and a target
+       batch; updates E only                                           (``lr_encoder``, 6e-7)
+  DIS  its BCE against the true language labels on another source and target batch; updates
+       the discriminator only (E runs without gradients)       (``lr_discriminator``, 6e-7)
+
+Each update owns an AdamW optimizer over exactly its parameters and gradients are cleared
+before and after it, so no loss moves another's parameters (tests/test_advpicker.py checks this
+parameter by parameter). Every sub-word that is not padding enters the discriminator, as in
+the authors' code; there is no fixed sequence length (``max_length`` only caps sub-words).
+
+The teacher is saved as a plain Hugging Face token-classification folder (``xner evaluate``
+and the labeling pipeline load it like any teacher) plus ``discriminator.safetensors`` and
+``discriminator.json`` in the same folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from xner_ray.train.teacher import TeacherConfig
+
+logger = logging.getLogger(__name__)
+
+DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
+DISCRIMINATOR_CONFIG = "discriminator.json"
+DISCRIMINATOR_VERSION = "tladv_discriminator.v1"
+SOURCE, TARGET = 1.0, 0.0  # y^DIS: the discriminator's sigmoid is P(source) (Eq. 3)
+
+
+class LanguageDiscriminator(nn.Module):
+    """AdvPicker Eq. 3: P(source | h_i) = sigmoid(W_DIS1 ReLU(W_DIS2 h_i)) for every token.
+
+    ``forward`` returns the pre-sigmoid logits [B, S]; losses use the logits with a fused
+    log-sigmoid (the same BCE, numerically stable), probabilities are ``sigmoid(logits)``.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int = 500):
+        super().__init__()
+        if input_dim < 1 or hidden_dim < 1:
+            raise ValueError(f"input_dim and hidden_dim must be >= 1, got {input_dim}, {hidden_dim}")
+        self.input_dim, self.hidden_dim = input_dim, hidden_dim
+        self.hidden = nn.Linear(input_dim, hidden_dim)  # W_DIS2
+        self.out = nn.Linear(hidden_dim, 1)  # W_DIS1, d_l = 1: one sigmoid output
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(h))).squeeze(-1)
+
+
+def language_bce(logits: torch.Tensor, mask: torch.Tensor, label: float) -> torch.Tensor:
+    """-(1/N) sum_i log P(Y_i = label) over the N unmasked tokens (one term of Eq. 4)."""
+    m = mask.to(logits.dtype)
+    target = torch.full_like(logits, float(label))
+    per_token = nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(),
+                                                               reduction="none")
+    return (per_token * m).sum() / m.sum().clamp(min=1)
+
+
+def sentence_source_prob(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """AdvPicker Eq. 5 per sentence: the mean over its tokens of P(source | h_i) [B]."""
+    m = mask.to(torch.float32)
+    return (torch.sigmoid(logits.float()) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+
+
+def has_discriminator(folder: str | Path) -> bool:
+    return (Path(folder) / DISCRIMINATOR_WEIGHTS).is_file() and (
+        Path(folder) / DISCRIMINATOR_CONFIG).is_file()
+
+
+def save_discriminator(disc: LanguageDiscriminator, folder: str | Path, **meta: Any) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()}
+    save_file(state, str(folder / DISCRIMINATOR_WEIGHTS))
+    (folder / DISCRIMINATOR_CONFIG).write_text(json.dumps({
+        "version": DISCRIMINATOR_VERSION, "input_dim": disc.input_dim,
+        "hidden_dim": disc.hidden_dim, "output": "sigmoid = P(source language) per token",
+        **meta}, indent=2))
+
+
+def load_discriminator(folder: str | Path) -> LanguageDiscriminator:
+    """The discriminator saved next to a TLADV teacher (safetensors only)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not has_discriminator(folder):
+        raise ValueError(f"{folder} holds no language discriminator ({DISCRIMINATOR_WEIGHTS} + "
+                         f"{DISCRIMINATOR_CONFIG}): train it with TLADV (jobs/advpicker.py)")
+    meta = json.loads((folder / DISCRIMINATOR_CONFIG).read_text())
+    if meta.get("version") != DISCRIMINATOR_VERSION:
+        raise ValueError(f"{folder}/{DISCRIMINATOR_CONFIG}: version {meta.get('version')!r}, "
+                         f"expected {DISCRIMINATOR_VERSION!r}")
+    disc = LanguageDiscriminator(int(meta["input_dim"]), int(meta["hidden_dim"]))
+    disc.load_state_dict(load_file(str(folder / DISCRIMINATOR_WEIGHTS)))
+    return disc.eval()
+
+
+class TladvModel(nn.Module):
+    """The token classifier and the discriminator as one module, so that a DDP wrapper sees
+    every forward; ``mode`` picks the part of Algorithm 1 that runs."""
+
+    def __init__(self, ner, disc: LanguageDiscriminator):
+        super().__init__()
+        self.ner, self.disc = ner, disc
+
+    def encode(self, input_ids, attention_mask) -> torch.Tensor:
+        """h = E(x) (Eq. 1): the encoder's last hidden states, what the NER head reads."""
+        return self.ner.base_model(input_ids=input_ids,
+                                   attention_mask=attention_mask).last_hidden_state
+
+    def forward(self, mode: str, *inputs):
+        """``"ner"``: (input_ids, attention_mask, labels) -> L^NER. ``"encoder"`` / ``"dis"``:
+        (ids_a, mask_a, ids_b, mask_b) -> discriminator logits of both batches; one forward
+        call per update, so DDP sees one forward before each backward."""
+        if mode == "ner":
+            input_ids, attention_mask, labels = inputs
+            return self.ner(input_ids=input_ids, attention_mask=attention_mask,
+                            labels=labels).loss
+        if mode not in ("encoder", "dis"):
+            raise ValueError(f"unknown mode {mode!r}")
+        pairs = [inputs[i:i + 2] for i in range(0, len(inputs), 2)]
+        if mode == "encoder":
+            return tuple(self.disc(self.encode(ids, mask)) for ids, mask in pairs)
+        with torch.no_grad():  # L^DIS updates the discriminator only: no graph through E
+            hs = [self.encode(ids, mask) for ids, mask in pairs]
+        return tuple(self.disc(h.detach()) for h in hs)
+
+
+def parameter_groups(module: TladvModel) -> dict[str, list]:
+    """Trainable parameters by role: ``encoder`` (E), ``head`` (NER classifier), ``disc``.
+    Frozen encoder parts (embeddings, bottom layers) are in no group."""
+    encoder = [p for p in module.ner.base_model.parameters() if p.requires_grad]
+    in_encoder = {id(p) for p in module.ner.base_model.parameters()}
+    head = [p for p in module.ner.parameters() if p.requires_grad and id(p) not in in_encoder]
+    return {"encoder": encoder, "head": head, "disc": list(module.disc.parameters())}
+
+
+@dataclass
+class Batch:
+    """One encoded batch on the device (labels only for NER batches)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+
+    @classmethod
+    def encode(cls, tokenizer, words, device, max_length: int, tags=None,
+               label2id=None) -> "Batch":
+        from xner_ray.models.classifier import encode_words
+
+        enc = encode_words(tokenizer, [list(w) for w in words],
+                           None if tags is None else [list(t) for t in tags], label2id,
+                           max_length=max_length)
+        return cls(enc.input_ids.to(device), enc.attention_mask.to(device),
+                   None if enc.labels is None else enc.labels.to(device))
+
+
+class AlternatingUpdates:
+    """The three updates of Algorithm 1, each with its own optimizer and schedule.
+
+    ``model`` is the (possibly DDP-wrapped) :class:`TladvModel` that forwards go through;
+    ``bare`` the unwrapped one. ``total_steps`` sizes the linear warm-up/decay schedules.
+    """
+
+    def __init__(self, model, bare: TladvModel, *, lr: float, lr_encoder: float,
+                 lr_discriminator: float, weight_decay: float = 0.01, warmup_ratio: float = 0.0,
+                 total_steps: int = 1, device=None):
+        from transformers import get_linear_schedule_with_warmup
+
+        self.model, self.bare = model, bare
+        self.device = device or torch.device("cpu")
+        self.groups = parameter_groups(bare)
+        params = {"ner": self.groups["encoder"] + self.groups["head"],
+                  "encoder": self.groups["encoder"], "dis": self.groups["disc"]}
+        rates = {"ner": lr, "encoder": lr_encoder, "dis": lr_discriminator}
+        self.params = params
+        self.optims = {k: torch.optim.AdamW(params[k], lr=rates[k], weight_decay=weight_decay)
+                       for k in params}
+        warm = int(warmup_ratio * total_steps)
+        self.scheds = {k: get_linear_schedule_with_warmup(o, warm, total_steps)
+                       for k, o in self.optims.items()}
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _apply(self, which: str, loss: torch.Tensor) -> None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params[which], 1.0)
+        self.optims[which].step()
+        self.scheds[which].step()
+        self.model.zero_grad(set_to_none=True)  # nothing leaks into the next update
+
+    def ner(self, batch: Batch) -> float:
+        """L^NER (Eq. 4, cross-entropy on gold tags): E + NER head."""
+        self.model.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = self.model("ner", batch.input_ids, batch.attention_mask, batch.labels)
+        self._apply("ner", loss)
+        return loss.item()
+
+    def encoder(self, source: Batch, target: Batch) -> float:
+        """L^E (Eq. 4): the discriminator's loss on *flipped* language labels, so E learns
+        token vectors it cannot place; only E's optimizer steps."""
+        self.model.zero_grad(set_to_none=True)
+        with self._autocast():
+            src, tgt = self.model("encoder", source.input_ids, source.attention_mask,
+                                  target.input_ids, target.attention_mask)
+        loss = (language_bce(src, source.attention_mask, TARGET)
+                + language_bce(tgt, target.attention_mask, SOURCE))
+        self._apply("encoder", loss)
+        return loss.item()
+
+    def discriminator(self, source: Batch, target: Batch) -> tuple[float, float]:
+        """L^DIS (Eq. 4) with the true language labels: the discriminator only. Returns the
+        loss and the token accuracy of the discriminator on these batches (before the step)."""
+        self.model.zero_grad(set_to_none=True)
+        with self._autocast():
+            src, tgt = self.model("dis", source.input_ids, source.attention_mask,
+                                  target.input_ids, target.attention_mask)
+        loss = (language_bce(src, source.attention_mask, SOURCE)
+                + language_bce(tgt, target.attention_mask, TARGET))
+        with torch.no_grad():
+            right = (((src > 0) & source.attention_mask.bool()).sum()
+                     + ((tgt <= 0) & target.attention_mask.bool()).sum())
+            acc = float(right) / float(source.attention_mask.sum() + target.attention_mask.sum())
+        self._apply("dis", loss)
+        return loss.item(), acc
+
+
+@dataclass(kw_only=True)
+class TladvConfig(TeacherConfig):
+    """TLADV teacher settings (AdvPicker 3.1 / 4.1; every field is a config key). The paper:
+    lr 6e-5 (NER), 6e-7 (encoder and discriminator), discriminator hidden 500, batch 32,
+    10 epochs, embeddings + bottom 3 layers frozen."""
+
+    unlabeled: list = field(default_factory=list, metadata={
+        "help": "target-language unlabeled text for the adversarial task: list of "
+                "{path, lang, fmt?} (CoNLL tags in these files are ignored)"})
+    n_target: Optional[int] = field(default=None, metadata={
+        "help": "target sentences sampled at random across all `unlabeled` inputs; default: "
+                "as many as the source train set (AdvPicker 4.1)"})
+    lr: float = field(default=6e-5, metadata={"help": "AdamW rate of the NER update (L^NER)"})
+    lr_encoder: float = field(default=6e-7,
+                              metadata={"help": "AdamW rate of the encoder update (L^E)"})
+    lr_discriminator: float = field(default=6e-7, metadata={
+        "help": "AdamW rate of the discriminator update (L^DIS); the paper says 6e-7, the "
+                "authors' run script uses 5e-3"})
+    disc_hidden: int = field(default=500, metadata={"help": "discriminator hidden size d_d"})
+    adv_batch_size: Optional[int] = field(default=None, metadata={
+        "help": "sentences per language in each L^E / L^DIS batch; default: batch_size"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from xner_ray.labeling.source import InputSpec
+
+        specs = []
+        for u in self.unlabeled or []:
+            if isinstance(u, dict):
+                unknown = sorted(set(u) - {"path", "lang", "fmt", "gold"})
+                if unknown or not {"path", "lang"} <= set(u) or u.get("gold"):
+                    raise ValueError(f"an unlabeled input needs path and lang (fmt optional, "
+                                     f"no gold), got {u!r}")
+                u = InputSpec(**u)
+            if not isinstance(u, InputSpec):
+                raise ValueError(f"unlabeled inputs are {{path, lang, fmt?}} mappings, got {u!r}")
+            specs.append(u)
+        if not specs:
+            raise ValueError("TLADV needs unlabeled target text: `unlabeled: [{path, lang}]`")
+        self.unlabeled = specs
+        if min(self.lr_encoder, self.lr_discriminator) <= 0:
+            raise ValueError("lr_encoder and lr_discriminator must be > 0")
+        if self.disc_hidden < 1:
+            raise ValueError(f"disc_hidden must be >= 1, got {self.disc_hidden}")
+        if self.adv_batch_size is not None and self.adv_batch_size < 1:
+            raise ValueError(f"adv_batch_size must be >= 1, got {self.adv_batch_size}")
+        if self.n_target is not None and self.n_target < 1:
+            raise ValueError(f"n_target must be >= 1, got {self.n_target}")
+
+
+def sample_target(specs, n: int, seed: int) -> tuple[list[list[str]], dict[str, int], Any]:
+    """A uniform random sample (reservoir, bounded memory) of ``n`` sentences over all target
+    inputs together; returns (token lists, sentences per language in the sample, rejects)."""
+    from xner_ray.io.text import read_unlabeled
+    from xner_ray.records import RejectSink
+
+    rng, rejects = random.Random(seed), RejectSink()
+    reservoir: list[tuple[str, list[str]]] = []
+    seen = 0
+    for spec in specs:
+        for sent in read_unlabeled(spec.path, lang=spec.lang, fmt=spec.fmt, rejects=rejects):
+            seen += 1
+            if len(reservoir) < n:
+                reservoir.append((spec.lang, sent.tokens))
+            else:
+                j = rng.randrange(seen)
+                if j < n:
+                    reservoir[j] = (spec.lang, sent.tokens)
+    if not reservoir:
+        raise ValueError(f"no usable target sentences in {[s.path for s in specs]} "
+                         f"({rejects.summary()})")
+    per_lang: dict[str, int] = {}
+    for lang, _ in reservoir:
+        per_lang[lang] = per_lang.get(lang, 0) + 1
+    return [t for _, t in reservoir], per_lang, rejects
+
+
+def train_tladv(cfg: TladvConfig) -> Path:
+    """Train one TLADV teacher on Ray Train; the best epoch (source dev F1, the zero-shot rule)
+    with its discriminator ends up in ``cfg.out``. Returns that folder."""
+    import ray
+
+    from xner_ray.labels import LabelMap
+    from xner_ray.train.loop import fit, read_labeled, write_rejects
+    from xner_ray.train.teacher import labels_of
+
+    label_map = LabelMap.from_spec(cfg.label_map) if cfg.label_map else None
+    train, train_rej = read_labeled(cfg.train, "train", label_map)
+    dev, dev_rej = read_labeled(cfg.dev, "dev", label_map)
+    labels = labels_of(train)
+    unknown = sorted({t for s in dev for t in s.tags} - set(labels))
+    if unknown:
+        raise ValueError(f"dev tags {unknown} never occur in train (labels {labels}); "
+                         "map them with label_map, e.g. 'drop:TYPE'")
+    target, per_lang, tgt_rej = sample_target(cfg.unlabeled, cfg.n_target or len(train), cfg.seed)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_rejects(Path(cfg.out) / "rejects.jsonl", [*train_rej, *dev_rej, *tgt_rej])
+    print(f"[tladv] seed {cfg.seed}: {len(train)} source sentences, target sample {per_lang}",
+          flush=True)
+    source_ds = ray.data.from_items([{"tokens": s.tokens, "tags": s.tags} for s in train])
+    target_ds = ray.data.from_items([{"tokens": t} for t in target])
+    return fit(cfg, loss="tladv", labels=labels, dataset=source_ds, n_train=len(train), dev=dev,
+               name=f"tladv-seed{cfg.seed}", loop=tladv_loop,
+               extra_datasets={"target": target_ds},
+               extra_summary={"n_target": per_lang,
+                              "rejects": {"train": dict(train_rej.counts),
+                                          "dev": dict(dev_rej.counts),
+                                          "target": dict(tgt_rej.counts)}})
+
+
+def _shard_rows(name: str, keys: tuple[str, ...]) -> list[dict]:
+    """This worker's shard of a Ray dataset, held in memory: the adversarial updates draw
+    batches from it at random (Algorithm 1, line 4), independently of the NER pass."""
+    import ray.train
+
+    rows = []
+    for batch in ray.train.get_dataset_shard(name).iter_batches(batch_size=1024,
+                                                                batch_format="numpy"):
+        cols = [batch[k] for k in keys]
+        rows.extend({k: [str(x) for x in v] for k, v in zip(keys, vals)}
+                    for vals in zip(*cols))
+    return rows
+
+
+def tladv_loop(config: dict) -> None:
+    """Per-worker loop (Ray Train): for each step the NER, E and DIS updates in turn
+    (Algorithm 1), then per epoch a source-dev score and a checkpoint from rank 0."""
+    import ray.train
+    import ray.train.torch
+
+    from xner_ray.evaluate import predict_tags, score_tags
+    from xner_ray.models.classifier import load_token_classifier, load_tokenizer
+
+    cfg = TladvConfig(**{f.name: config["cfg"][f.name] for f in dataclasses.fields(TladvConfig)})
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(config["threads"])
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 7919 * rank)
+    labels = config["labels"]
+    tokenizer = load_tokenizer(cfg.model)
+    ner = load_token_classifier(cfg.model, labels, layers=cfg.layers,
+                                freeze_embeddings=cfg.freeze_embeddings,
+                                freeze_layers=cfg.freeze_layers)
+    bare = TladvModel(ner, LanguageDiscriminator(ner.config.hidden_size, cfg.disc_hidden))
+    # Each mode leaves parts of the module unused (the head in L^E, E in L^DIS): DDP must
+    # look for unused parameters.
+    model = ray.train.torch.prepare_model(
+        bare, parallel_strategy_kwargs={"find_unused_parameters": True})
+    device = ray.train.torch.get_device()
+    source = _shard_rows("train", ("tokens", "tags"))
+    target = _shard_rows("target", ("tokens",))
+    if not source or not target:
+        raise ValueError(f"worker {rank} got {len(source)} source and {len(target)} target "
+                         "sentences: fewer sentences than training workers (set num_workers)")
+    bs, abs_ = cfg.batch_size, cfg.adv_batch_size or cfg.batch_size
+    steps_per_epoch = max(1, -(-len(source) // bs))
+    total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 1 << 62)
+    upd = AlternatingUpdates(model, bare, lr=cfg.lr, lr_encoder=cfg.lr_encoder,
+                             lr_discriminator=cfg.lr_discriminator,
+                             weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+                             total_steps=total, device=device)
+    label2id = {l: i for i, l in enumerate(labels)}
+
+    def draw(pool: list[dict]) -> Batch:
+        idx = rng.integers(0, len(pool), size=min(abs_, len(pool)))
+        return Batch.encode(tokenizer, [pool[i]["tokens"] for i in idx], device, cfg.max_length)
+
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        hist: dict[str, list[float]] = {"ner": [], "enc": [], "dis": [], "dis_acc": []}
+        t0 = last = time.time()
+        order = rng.permutation(len(source))
+        for start in range(0, len(source), bs):
+            rows = [source[i] for i in order[start:start + bs]]
+            hist["ner"].append(upd.ner(Batch.encode(tokenizer, [r["tokens"] for r in rows],
+                                                    device, cfg.max_length,
+                                                    [r["tags"] for r in rows], label2id)))
+            hist["enc"].append(upd.encoder(draw(source), draw(target)))
+            d_loss, d_acc = upd.discriminator(draw(source), draw(target))
+            hist["dis"].append(d_loss)
+            hist["dis_acc"].append(d_acc)
+            step += 1
+            if rank == 0 and time.time() - last >= 60.0:
+                last = time.time()
+                print(f"[tladv] epoch {epoch + 1} step {step}/{total} ner "
+                      f"{np.mean(hist['ner'][-50:]):.4f} dis acc "
+                      f"{np.mean(hist['dis_acc'][-50:]):.3f}", flush=True)
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        metrics = {"epoch": epoch + 1, "step": step, "dev_f1": 0.0,
+                   "epoch_seconds": round(time.time() - t0, 1),
+                   **{f"{k}_loss" if k != "dis_acc" else k: float(np.mean(v or [0]))
+                      for k, v in hist.items()}}
+        metrics["train_loss"] = metrics["ner_loss"]
+        if rank == 0:
+            dev = score_tags(config["dev_tags"], predict_tags(bare.ner, tokenizer,
+                                                              config["dev_tokens"],
+                                                              device=device))
+            metrics.update(dev_f1=dev["f1"], dev_precision=dev["precision"],
+                           dev_recall=dev["recall"])
+            print(f"[tladv] epoch {epoch + 1} step {step} ner loss {metrics['ner_loss']:.4f} "
+                  f"dis acc {metrics['dis_acc']:.3f} dev F1 {dev['f1']:.4f} "
+                  f"({metrics['epoch_seconds']}s)", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                bare.ner.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+                save_discriminator(bare.disc, tmp, seed=cfg.seed, epoch=epoch + 1)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)  # every rank reports: it is a barrier in Ray Train
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
