@@ -60,3 +60,30 @@ def test_missing_round_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match=r"no complete round 2 for run 'x', language 'es'"):
         committed_round(str(tmp_path), "x", "es", 2)
+
+
+def test_training_set_export_is_ordered_and_filtered(tmp_path):
+    """The export's rows come in sent_id order whatever the files' order (a join's output order
+    is not fixed, and the batches would differ run to run); selected_only keeps selected rows
+    with their weights, else every row with weight 1; duplicate sentences stay duplicated."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xner_ray.train.distill import export_training_set
+
+    ids = ["d", "b", "a", "c", "b"]  # "b" twice: a repeated sentence
+    pq.write_table(pa.table({"sent_id": ["b", "c", "a", "d"],
+                             "tokens": [["B"], ["C"], ["A"], ["D"]]}), tmp_path / "s.parquet")
+    pq.write_table(pa.table({"sent_id": ids, "probs": [[[1.0, 0.0]]] * 5,
+                             "selected": [True, False, True, True, True],
+                             "weight": [1.0, 0.0, 0.5, 1.0, 1.0]}), tmp_path / "p.parquet")
+    files = {"sentences": [str(tmp_path / "s.parquet")],
+             "pseudo_labels": [str(tmp_path / "p.parquet")]}
+    n = export_training_set(files, tmp_path / "sel.parquet")
+    sel = pq.read_table(tmp_path / "sel.parquet").to_pydict()
+    assert n == 4 and sel["sent_id"] == ["a", "b", "c", "d"]  # the first "b" is not selected
+    assert sel["tokens"] == [["A"], ["B"], ["C"], ["D"]] and sel["weight"] == [0.5, 1.0, 1.0, 1.0]
+    n = export_training_set(files, tmp_path / "all.parquet", selected_only=False)
+    every = pq.read_table(tmp_path / "all.parquet").to_pydict()
+    assert n == 5 and every["sent_id"] == ["a", "b", "b", "c", "d"]
+    assert every["weight"] == [1.0] * 5

@@ -58,17 +58,19 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, defaults_n
         parser.add_argument("--" + f.name.replace("_", "-"), required=required, **kw)
 
 
-def build(cls: type[T], values: dict[str, Any]) -> T:
-    """Construct ``cls`` from a dict, rejecting unknown keys with the valid ones listed."""
+def build(cls: type[T], values: dict[str, Any], what: Optional[str] = None) -> T:
+    """Construct ``cls`` from a dict, rejecting unknown keys with the valid ones listed;
+    ``what`` names the thing in messages (default: the class name)."""
+    what = what or cls.__name__
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(names)}")
+        raise ValueError(f"unknown {what} keys {unknown}; valid keys: {sorted(names)}")
     missing = sorted(f.name for f in dataclasses.fields(cls)
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
                and f.name not in values)
     if missing:
-        raise ValueError(f"{cls.__name__}: missing required keys {missing}")
+        raise ValueError(f"{what}: missing required keys {missing}")
     return cls(**values)
 
 

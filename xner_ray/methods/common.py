@@ -33,11 +33,9 @@ class TargetSpec:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"a target must be a mapping with lang/unlabeled[/dev], got {value!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ValueError(f"unknown target keys {unknown}; valid: {sorted(names)}")
-        return cls(**value)
+        from xner_ray import config as config_mod
+
+        return config_mod.build(cls, value, what="target")
 
 
 def parse_targets(values: list) -> list[TargetSpec]:

@@ -10,7 +10,6 @@ reject collector, counted per target language -- nothing is dropped silently.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
@@ -69,11 +68,9 @@ class ParallelSpec:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"a corpus must be a mapping {cls.HELP}, got {value!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ValueError(f"unknown corpus keys {unknown}; valid: {sorted(names)}")
-        return cls(**value)
+        from xner_ray import config as config_mod
+
+        return config_mod.build(cls, value, what="corpus")
 
 
 def parse_corpora(values: Sequence) -> list[ParallelSpec]:

@@ -329,18 +329,10 @@ def train_tladv(cfg: TladvConfig) -> Path:
     with its discriminator ends up in ``cfg.out``. Returns that folder."""
     import ray
 
-    from xner_ray.labels import LabelMap
-    from xner_ray.train.loop import fit, read_labeled, write_rejects
-    from xner_ray.train.teacher import labels_of
+    from xner_ray.train.loop import fit, write_rejects
+    from xner_ray.train.teacher import read_train_dev
 
-    label_map = LabelMap.from_spec(cfg.label_map) if cfg.label_map else None
-    train, train_rej = read_labeled(cfg.train, "train", label_map)
-    dev, dev_rej = read_labeled(cfg.dev, "dev", label_map)
-    labels = labels_of(train)
-    unknown = sorted({t for s in dev for t in s.tags} - set(labels))
-    if unknown:
-        raise ValueError(f"dev tags {unknown} never occur in train (labels {labels}); "
-                         "map them with label_map, e.g. 'drop:TYPE'")
+    train, train_rej, dev, dev_rej, labels = read_train_dev(cfg)
     target, per_lang, tgt_rej = sample_target(cfg.unlabeled, cfg.n_target or len(train), cfg.seed)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     write_rejects(Path(cfg.out) / "rejects.jsonl", [*train_rej, *dev_rej, *tgt_rej])

@@ -70,6 +70,7 @@ def export_training_set(files: dict[str, list[str]], dest: Path, *,
           JOIN (SELECT DISTINCT ON (sent_id) sent_id, tokens FROM read_parquet($se)) s
             USING (sent_id)
           {where}
+          ORDER BY p.sent_id  -- a join's output order is not fixed: same rows, same batches
         ) TO '{dest}' (FORMAT parquet)""", {"pl": files["pseudo_labels"], "se": files["sentences"]})
     n = con.execute("SELECT count(*) FROM read_parquet($d)", {"d": str(dest)}).fetchone()[0]
     if n == 0:

@@ -31,10 +31,10 @@ def labels_of(sents) -> list[str]:
     return label_list(sorted({entity_type(t) for s in sents for t in s.tags if t != "O"}))
 
 
-def train_teacher(cfg: TeacherConfig) -> Path:
-    """Train, select on dev, and leave the best checkpoint in ``cfg.out``; returns that path."""
-    import ray
-
+def read_train_dev(cfg: TeacherConfig):
+    """``(train, train_rejects, dev, dev_rejects, labels)`` of a teacher config: both files read
+    with its label map, the label set taken from train; dev tags train never has are an error
+    here, before any training."""
     from xner_ray.labels import LabelMap
 
     label_map = LabelMap.from_spec(cfg.label_map) if cfg.label_map else None
@@ -45,6 +45,14 @@ def train_teacher(cfg: TeacherConfig) -> Path:
     if unknown:
         raise ValueError(f"dev tags {unknown} never occur in train (labels {labels}); "
                          "map them with label_map, e.g. 'drop:TYPE'")
+    return train, train_rej, dev, dev_rej, labels
+
+
+def train_teacher(cfg: TeacherConfig) -> Path:
+    """Train, select on dev, and leave the best checkpoint in ``cfg.out``; returns that path."""
+    import ray
+
+    train, train_rej, dev, dev_rej, labels = read_train_dev(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     write_rejects(Path(cfg.out) / "rejects.jsonl", [*train_rej, *dev_rej])
     ds = ray.data.from_items([{"tokens": s.tokens, "tags": s.tags} for s in train])
