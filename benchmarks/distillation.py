@@ -127,7 +127,9 @@ def main(argv=None) -> int:
         save()
         for name, reinforce in (("ikd", False), ("rikd", True)):
             t0 = time.time()
-            res = run_rikd(RikdConfig(run_id=name, out=str(out / name), teacher=str(teacher),
+            # one run id per method and language: a run id's results come from one config
+            res = run_rikd(RikdConfig(run_id=f"{name}-{lang}", out=str(out / name),
+                                      teacher=str(teacher),
                                       rounds=budget["rounds"], reinforce=reinforce,
                                       warmup_steps=budget["warmup_steps"], **common))
             seconds[f"{name}/{lang}"] = round(time.time() - t0, 1)
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
                     s["target_dev"] | {"source_dev_f1": s["source_dev_f1"]} | extra)
             save()
         t0 = time.time()
-        tsl = run_tsl(TslConfig(run_id="tsl", out=str(out / "tsl"),
+        tsl = run_tsl(TslConfig(run_id=f"tsl-{lang}", out=str(out / "tsl"),
                                 teachers=[{"lang": "en", "model": str(teacher)}], **common))
         seconds[f"tsl/{lang}"] = round(time.time() - t0, 1)
         rows.setdefault("tsl", {})[lang] = tsl[lang]["target_dev"] | {
