@@ -148,20 +148,33 @@ def encode_words(tokenizer, words: Sequence[Sequence[str]], tags=None, label2id=
     enc = tokenizer([list(w) for w in words], is_split_into_words=True, truncation=True,
                     max_length=max_tokens(tokenizer, max_length), padding=True,
                     return_tensors="pt")
+    labels, firsts = first_subwords(enc, words, tags, label2id)
+    return EncodedBatch(enc["input_ids"], enc["attention_mask"], labels, firsts)
+
+
+def first_subwords(enc, words: Sequence[Sequence[str]], tags=None, label2id=None,
+                   sequence: Optional[int] = None):
+    """``(labels, firsts)`` of a tokenizer batch: each word's first sub-word position (-1 when
+    truncated away) and, with ``tags``, a label tensor holding its tag id there (-100
+    elsewhere). ``sequence``: read only that sequence of a pair encoding (1: the second)."""
     n_rows, width = enc["input_ids"].shape
     labels = torch.full((n_rows, width), IGNORE_INDEX, dtype=torch.long) if tags is not None else None
     firsts = []
     for i in range(n_rows):
         pos = np.full(len(words[i]), -1, dtype=np.int64)
+        seqs = enc.sequence_ids(i) if sequence is not None else [None] * width
         prev = None
-        for j, w in enumerate(enc.word_ids(i)):
+        for j, (w, seq) in enumerate(zip(enc.word_ids(i), seqs)):
+            if seq != sequence:
+                prev = None
+                continue
             if w is not None and w != prev:
                 pos[w] = j
                 if labels is not None:
                     labels[i, j] = label2id[tags[i][w]]
             prev = w
         firsts.append(pos)
-    return EncodedBatch(enc["input_ids"], enc["attention_mask"], labels, firsts)
+    return labels, firsts
 
 
 def word_log_probs(logits: torch.Tensor, batch: EncodedBatch, o_index: int = 0) -> list[np.ndarray]:

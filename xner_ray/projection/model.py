@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from xner_ray.models.classifier import IGNORE_INDEX, length_buckets, max_tokens
+from xner_ray.models.classifier import first_subwords, length_buckets, max_tokens
 from xner_ray.projection.examples import ALIGN_LABELS
 from xner_ray.projection.filters import TargetSpan
 
@@ -41,19 +41,7 @@ def encode_pairs(tokenizer, queries: Sequence[Sequence[str]], words: Sequence[Se
                     is_split_into_words=True, truncation="only_second",
                     max_length=max_tokens(tokenizer, max_length), padding=True,
                     return_tensors="pt")
-    n_rows, width = enc["input_ids"].shape
-    labels = torch.full((n_rows, width), IGNORE_INDEX, dtype=torch.long) if tags is not None else None
-    firsts = []
-    for i in range(n_rows):
-        pos = np.full(len(words[i]), -1, dtype=np.int64)
-        prev = None
-        for j, (w, seq) in enumerate(zip(enc.word_ids(i), enc.sequence_ids(i))):
-            if seq == 1 and w is not None and w != prev:
-                pos[w] = j
-                if labels is not None:
-                    labels[i, j] = label2id[tags[i][w]]
-            prev = w if seq == 1 else None
-        firsts.append(pos)
+    labels, firsts = first_subwords(enc, words, tags, label2id, sequence=1)
     inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     return PairBatch(inputs, labels, firsts)
 
