@@ -14,7 +14,9 @@ training or model selection (students are chosen on English dev).
 
 The jobs run through the product's code paths (`run_tsl`, `run_rikd`) on one local Ray cluster
 and keep their stores under --out, so an interrupted benchmark resumes from the last complete
-round. Writes benchmarks/results/distillation_<budget>.{json,md}.
+round. Writes benchmarks/results/distillation_<budget>.{json,md}; a run of some languages
+(`--langs nl`) keeps the other languages' figures of an earlier run with the same settings,
+each with its own revision and date (`--fresh` drops them).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--langs", nargs="+", default=list(LANGS), choices=LANGS)
     p.add_argument("--seed", type=int, default=0, help="seed of the unlabeled sample")
     p.add_argument("--render", metavar="JSON", help="only rewrite the .md from a results .json")
+    p.add_argument("--fresh", action="store_true",
+                   help="do not keep the figures of languages not run now from the results file")
     args = p.parse_args(argv)
     if args.render:
         path = Path(args.render)
@@ -108,9 +112,13 @@ def main(argv=None) -> int:
               "budget_settings": budget, "n_unlabeled": n_unlabeled, "sample_seed": args.seed,
               "rows": rows, "seconds": seconds, **meta}
     dest = REPO / "benchmarks" / "results" / f"distillation_{args.budget}"
+    result["runs"] = {lang: {k: meta[k] for k in RUN_KEYS} for lang in args.langs}
+    if not args.fresh:
+        _carry_over(dest.with_suffix(".json"), result, args.langs)
 
     def save() -> None:  # after every group: an interrupted run still leaves its figures
-        result["complete"] = all(lang in rows.get(k, {}) for k in ROW_NAMES for lang in args.langs)
+        result["complete"] = all(lang in rows.get(k, {}) for k in ROW_NAMES
+                                 for lang in result["runs"])
         dest.with_suffix(".json").write_text(json.dumps(result, indent=2))
         dest.with_suffix(".md").write_text(_markdown(result))
 
@@ -149,6 +157,37 @@ def main(argv=None) -> int:
         save()
     print(f"wrote {dest}.json and .md", flush=True)
     return 0
+
+
+RUN_KEYS = ("command", "git_revision", "date")
+
+
+def _carry_over(path: Path, result: dict, langs: list[str]) -> None:
+    """Keep, from an earlier results file with the same settings, the figures of the languages
+    not run now (each language keeps the provenance of the run that measured it)."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    same = ("budget", "teacher_config", "budget_settings", "sample_seed")
+    if any(old.get(k) != result[k] for k in same):
+        print(f"[bench] {path} was written with other settings; its figures are not kept "
+              "(it will be overwritten)", flush=True)
+        return
+    # files written before per-language provenance: one run measured every language in it
+    runs = old.get("runs") or {lang: {k: old[k] for k in RUN_KEYS}
+                               for lang in old["rows"].get("direct", {})}
+    for lang, run in runs.items():
+        if lang in langs:
+            continue
+        result["runs"][lang] = run
+        result["n_unlabeled"][lang] = old["n_unlabeled"][lang]
+        for key, per_lang in old["rows"].items():
+            if lang in per_lang:
+                result["rows"].setdefault(key, {})[lang] = per_lang[lang]
+        result["seconds"].update({k: v for k, v in old["seconds"].items()
+                                  if k.endswith(f"/{lang}")})
+        print(f"[bench] keeping the {lang} figures of {run['git_revision']} ({run['date']})",
+              flush=True)
 
 
 ROW_NAMES = {"direct": "Direct transfer (English teacher)", "tsl": "TSL single-source",
@@ -217,9 +256,12 @@ def _markdown(r: dict) -> str:
     lines += ["", "Reading the table:", ""] + _reading(r) + [
         "", "Wall time per row group (s): " + ", ".join(f"{k} {v}" for k, v in
                                                               r["seconds"].items()),
-              "", f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
-              f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}",
               ""]
+    runs = r.get("runs") or {lang: {k: r[k] for k in RUN_KEYS} for lang in langs}
+    for lang, run in runs.items():
+        lines += [f"{lang}: command `{run['command']}`, revision {run['git_revision']}, "
+                  f"date {run['date']}  "]
+    lines += [f"Machine: {r['machine']}  ", f"Versions: {r['versions']}", ""]
     return "\n".join(lines) + "\n"
 
 
