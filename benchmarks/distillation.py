@@ -320,6 +320,22 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+ORDERED_EXPORT = "fd49b69"  # the training-set export got its ORDER BY here
+
+
+def _has_ordered_export(revision: str):
+    """True/False: ``revision`` contains ORDERED_EXPORT; None when git cannot tell."""
+    import subprocess
+
+    rev = revision.split()[0]
+    try:
+        rc = subprocess.run(["git", "merge-base", "--is-ancestor", ORDERED_EXPORT, rev],
+                            cwd=REPO, capture_output=True).returncode
+    except OSError:
+        return None
+    return {0: True, 1: False}.get(rc)
+
+
 def _reading(r: dict) -> list[str]:
     """What the figures say, computed from them (no number here is typed by hand)."""
     rows, out = r["rows"], []
@@ -332,12 +348,18 @@ def _reading(r: dict) -> list[str]:
                    f"{got[best]:.4f}, {100 * (got[best] - d['f1']):+.1f} points against direct "
                    f"transfer ({d['f1']:.4f}).")
         if "tsl" in got and "ikd_r1" in got:
+            gap = f"{100 * abs(got['tsl'] - got['ikd_r1']):.1f}"
+            fixed = _has_ordered_export((r.get("runs") or {}).get(lang, r)["git_revision"])
             out.append(f"- {lang}: TSL single-source and iterative-KD round 1 are the same "
                        "computation (one teacher, MSE on all rows, same student budget and "
-                       "seed) through two code paths; they differ by "
-                       f"{100 * abs(got['tsl'] - got['ikd_r1']):.1f} points, which is the "
-                       "run-to-run spread of one seed at this budget (the order of training "
-                       "rows was not fixed before revision fd49b69).")
+                       f"seed) through two code paths; they differ by {gap} points. "
+                       + ("This run predates the fixed order of training rows (revision "
+                          f"{ORDERED_EXPORT}), so the gap is the run-to-run spread of one seed "
+                          "at this budget." if fixed is False else
+                          "The order of training rows is fixed at this revision, so what is "
+                          "left is thread-level nondeterminism of CPU kernels." if fixed else
+                          "Whether this run had the fixed order of training rows (revision "
+                          f"{ORDERED_EXPORT}) is unknown."))
     dr = [m["discard_ratio"] for k, v in rows.items() if k.startswith("rikd")
           for m in v.values() if m.get("discard_ratio") is not None]
     if dr:
