@@ -344,3 +344,30 @@ def test_cli_plugs_into_xner(store, capsys):
     assert main(["sql", "--store", store.root, "--format", "csv",
                  "SELECT count(*) AS n FROM runs"]) == 0
     assert capsys.readouterr().out.splitlines() == ["n", "1"]
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_sql_questions(tmp_path):
+    """`pip install xner_ray` (no repo beside it) still finds every question: setup.py copies
+    the top-level sql/ into the wheel as xner_ray/_sql, and sql_dir() falls back to it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = sqlshell.Path(sqlshell.__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(repo)],
+                   check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("xner_ray-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    shipped = {p.relative_to(tmp_path / "site" / "xner_ray" / "_sql").as_posix()
+               for p in (tmp_path / "site" / "xner_ray" / "_sql").rglob("*.sql")}
+    expected = {p.relative_to(repo / "sql").as_posix() for p in (repo / "sql").rglob("*.sql")}
+    assert shipped == expected and "setup/views.sql" in shipped
+    found = subprocess.run(
+        [sys.executable, "-c", "from xner_ray import sqlshell; print(sqlshell.sql_dir()); "
+                               "print(sorted(sqlshell.sql_files()))"],
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    assert found[0] == str(tmp_path / "site" / "xner_ray" / "_sql")
+    assert found[1] == str(sorted(p.stem for p in (repo / "sql").glob("*.sql")))

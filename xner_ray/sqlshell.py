@@ -60,9 +60,14 @@ BIO_SPANS_MACRO = """CREATE OR REPLACE MACRO bio_spans(tags) AS
 
 
 def sql_dir() -> Path:
-    """The repo's ``sql/`` folder (``$XNER_SQL_DIR`` overrides)."""
+    """The SQL questions: ``$XNER_SQL_DIR``, else the repo's ``sql/`` folder (source checkouts
+    and editable installs), else the copy a wheel ships as ``xner_ray/_sql`` (setup.py)."""
     env = os.environ.get("XNER_SQL_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "sql"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    repo = here.parent / "sql"
+    return repo if repo.is_dir() or not (here / "_sql").is_dir() else here / "_sql"
 
 
 def sql_files() -> dict[str, Path]:
