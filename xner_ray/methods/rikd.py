@@ -107,11 +107,14 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
         # keep_all selects every row with weight 1: the same set as before a selector existed
         n = export_training_set(files, data, selected_only=True)
         artifacts = student / "_policy"
-        fit(student_config(student, cfg.student), loss="rikd" if cfg.reinforce else "kd",
+        train_cfg = student_config(student, cfg.student)
+        fit(train_cfg, loss="rikd" if cfg.reinforce else "kd",
             labels=writer.labels, dataset=ray.data.read_parquet(str(data), num_cpus=0.25),
             n_train=n, dev=dev, name=f"{cfg.run_id}-{target.lang}-round{k}",
+            # each round builds a fresh policy; its seed differs per round, else every round
+            # would draw the same keep/drop stream over the same batch positions
             step_args=dict(warmup_steps=cfg.warmup_steps, policy_lr=cfg.policy_lr,
-                           reward_scale=cfg.reward_scale),
+                           reward_scale=cfg.reward_scale, seed=train_cfg.seed + k),
             artifacts_dir=str(artifacts) if cfg.reinforce else None)
         data.unlink(missing_ok=True)
         policy = (_apply_decisions(writer, artifacts, _selector_id(cfg.selector))
