@@ -33,10 +33,12 @@ def provenance() -> dict:
             gpu = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no")
+               .splitlines() if line.strip()]
     return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "git_revision": _git("rev-parse", "HEAD") + (" (dirty)" if dirty else ""),
+        "git_revision": _git("rev-parse", "HEAD") + (" (dirty)" if changed else ""),
+        "changed_files": changed,  # what "dirty" means: tracked files differing from HEAD
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu,
                     "python": platform.python_version()},

@@ -332,6 +332,7 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    meta = provenance()  # the revision and state the run starts from
     if args.reps < 1 or min(args.sizes) < 1:
         p.error("--reps and every size must be >= 1")
     from xner_ray.selectors import make_selector
@@ -368,7 +369,7 @@ def main(argv=None) -> int:
                          "selector": args.selector, "plain_threads": args.plain_threads,
                          "data": args.data, "hf_pipeline": hf},
               "ray_fixed_cost": {**fixed, "cold_first_job": cold}, "actor_layout": layout,
-              "sizes": sizes, "measure_seconds": round(total, 1), **provenance()}
+              "sizes": sizes, "measure_seconds": round(total, 1), **meta}
     out = Path(args.results) / f"labeling_throughput_{device}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))

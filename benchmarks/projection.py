@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--target-aligner", choices=("model", "similarity"), default="model",
                    help="whose projections the Spanish models learn (paper: the model)")
     args = p.parse_args(argv)
+    meta = provenance()  # the revision and state the run starts from
     args.teacher = str(Path(args.teacher).resolve())  # Ray Train workers run elsewhere
     tag = "smoke" if args.smoke else "cpu"
     sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v)
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     data = Path(args.data_dir)
     bible = data / "opus-bible-en-es"
     result = run(args, sizes, out, bible, data)
-    result.update(budget=tag, sizes=sizes, **provenance())
+    result.update(budget=tag, sizes=sizes, **meta)
     dest = (out if args.smoke else REPO / "benchmarks" / "results") / f"projection_{tag}"
     dest.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
     dest.with_suffix(".md").write_text(markdown(result))

@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--selector", default="top_rho:confidence:0.8")
     p.add_argument("--tag", default="cpu", help="results file suffix")
     args = p.parse_args(argv)
+    meta = provenance()  # the revision and state the run starts from
 
     from xner_ray.cluster import init_ray
     from xner_ray.labeling.pipeline import LabelConfig, label
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
               "teacher_summary": _teacher_summary(args.teacher), "selector": args.selector,
               "label_seconds": seconds, "counts": counts, "report": str(report),
               "pseudo_label_prf": answers["pseudo_label_prf"],
-              "boundary_errors": answers["boundary_errors"], **provenance()}
+              "boundary_errors": answers["boundary_errors"], **meta}
     out = REPO / "benchmarks" / "results" / f"pseudo_label_quality_{args.tag}"
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
     out.with_suffix(".md").write_text(_markdown(result))

@@ -247,6 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--tmp", default=None, help="where the corpus and store go (default: $TMPDIR)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
+    meta = provenance()  # the revision and state the run starts from
     store_bytes = max(int(args.object_store_mb * MIB), OBJECT_STORE_MINIMUM_MEMORY_BYTES)
 
     with tempfile.TemporaryDirectory(prefix="xner-stream-", dir=args.tmp) as tmp_:
@@ -269,7 +270,7 @@ def main(argv=None) -> int:
               "corpus_over_object_store": round(ratio, 1),
               "labeled_arrow_over_object_store": round(
                   run["arrow_bytes"] / cluster["object_store_bytes"], 1),
-              "run": run, **summarize(samples, args.sentences), "samples": samples, **provenance()}
+              "run": run, **summarize(samples, args.sentences), "samples": samples, **meta}
     out = Path(args.results) / "streaming_memory"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
