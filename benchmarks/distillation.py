@@ -321,6 +321,7 @@ def _markdown(r: dict) -> str:
 
 
 ORDERED_EXPORT = "fd49b69"  # the training-set export got its ORDER BY here
+PER_ROUND_SEED = "9a7ad85"  # RIKD's policy got a seed per round here
 
 
 def _has_ordered_export(revision: str):
@@ -356,8 +357,10 @@ def _reading(r: dict) -> list[str]:
                        + ("This run predates the fixed order of training rows (revision "
                           f"{ORDERED_EXPORT}), so the gap is the run-to-run spread of one seed "
                           "at this budget." if fixed is False else
-                          "The order of training rows is fixed at this revision, so what is "
-                          "left is thread-level nondeterminism of CPU kernels." if fixed else
+                          ("They agree, as they should with the order of training rows fixed "
+                           "at this revision." if gap == "0.0" else
+                           "The order of training rows is fixed at this revision, so what is "
+                           "left is thread-level nondeterminism of CPU kernels.") if fixed else
                           "Whether this run had the fixed order of training rows (revision "
                           f"{ORDERED_EXPORT}) is unknown."))
     dr = [m["discard_ratio"] for k, v in rows.items() if k.startswith("rikd")
@@ -370,6 +373,11 @@ def _reading(r: dict) -> list[str]:
                    "paper's policy lr (0.01) and delayed rewards of the size above it has not "
                    "learned a selection in this many steps, and keeping about half of each "
                    "reinforced batch costs the student training signal.")
+        if len(dr) > 1 and len(set(dr)) == 1:
+            out.append("- RIKD: the discard ratio is the same to the last digit in every round "
+                       "and language: with keep probabilities this close to 0.5, rounds seeded "
+                       f"alike draw the same keep/drop stream (each round's policy has had its "
+                       f"own seed since revision {PER_ROUND_SEED}).")
     return out
 
 
