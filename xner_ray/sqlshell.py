@@ -66,8 +66,10 @@ def sql_dir() -> Path:
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    repo = here.parent / "sql"
-    return repo if repo.is_dir() or not (here / "_sql").is_dir() else here / "_sql"
+    repo = here.parent / "sql"  # beside the package: ours only if it has our setup file
+    if (repo / "setup" / "views.sql").is_file() or not (here / "_sql").is_dir():
+        return repo
+    return here / "_sql"
 
 
 def sql_files() -> dict[str, Path]:
