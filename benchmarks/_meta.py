@@ -44,3 +44,9 @@ def provenance() -> dict:
                     "python": platform.python_version()},
         "versions": versions,
     }
+
+
+def footer(r: dict) -> list[str]:
+    """The provenance lines that end every results .md (from provenance()'s keys in ``r``)."""
+    return [f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
+            f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}", ""]

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import provenance  # noqa: E402
+from _meta import footer, provenance  # noqa: E402
 from distillation import BUDGETS as DISTILL_BUDGETS  # noqa: E402
 from distillation import sample_conll  # noqa: E402
 
@@ -353,9 +353,7 @@ def _markdown(r: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "TLADV range: min-max over seeds. One run per row (students: one seed).", "",
               "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()), "",
-              f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
-              f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}",
-              ""]
+              *footer(r)]
     if r["budget"] != "full":
         lines.append("Not the paper's setting: a truncated multilingual-e5-small instead of "
                      "mBERT, a few epochs, a sample of the target text, few seeds, dev (not "

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import provenance  # noqa: E402
+from _meta import footer, provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = {
@@ -92,8 +92,7 @@ def _markdown(r: dict) -> str:
     for lang, m in r["results"].items():
         lines.append(f"| {lang} | {m['n_sentences']} | {m['precision']:.4f} | {m['recall']:.4f} "
                      f"| {m['f1']:.4f} |")
-    lines += ["", f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
-              f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}", ""]
+    lines += ["", *footer(r)]
     if r["budget"] == "cpu":
         lines.append(f"This CPU budget (the bottom {c['layers']} of 12 layers, embeddings frozen, "
                      f"{c['epochs']} epochs, one seed) is not the papers' setting (all layers, "

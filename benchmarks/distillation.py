@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import provenance  # noqa: E402
+from _meta import footer, provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ("es", "nl")
@@ -221,9 +221,7 @@ def _calibration_markdown(r: dict) -> str:
     lines += ["", f"Chosen by English dev F1: lr {best['lr']:g}, {best['freeze_layers']} frozen "
               "layers (the budget in the script uses lr "
               f"{r['student']['lr']:g}, {r['student']['freeze_layers']} frozen).", "",
-              f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
-              f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ",
-              f"Date: {r['date']}", ""]
+              *footer(r)]
     return "\n".join(lines)
 
 

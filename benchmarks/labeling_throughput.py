@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import provenance  # noqa: E402
+from _meta import footer, provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/_tiny.py for --model tiny
@@ -396,8 +396,7 @@ def warmup(args, model: Path, tmp: Path, blocks: list[str]) -> dict:
 
 def markdown(r: dict) -> str:
     lines = [*_md_header(r), *_md_table(r), "", *_md_notes(r), "",
-             f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
-             f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}", ""]
+             *footer(r)]
     return "\n".join(lines)
 
 

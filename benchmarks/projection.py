@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _meta import provenance  # noqa: E402
+from _meta import footer, provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_EVERY = 20
@@ -379,9 +379,7 @@ def markdown(r: dict) -> str:
     lines += ["", "The Bible is far from CoNLL's news: its entities are mostly people and places "
               "of antiquity, its language archaic (1909 Spanish, KJV English). Fine-tuning on it "
               "can lose F1 on news even when the projections are right.", "",
-              f"Total {r['seconds']} s. Command: `{r['command']}`  ",
-              f"Revision: {r['git_revision']}  ", f"Machine: {r['machine']}  ",
-              f"Versions: {r['versions']}  ", f"Date: {r['date']}", ""]
+              f"Total {r['seconds']} s.", "", *footer(r)]
     return "\n".join(lines) + "\n"
 
 

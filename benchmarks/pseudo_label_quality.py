@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import provenance  # noqa: E402
+from _meta import footer, provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,9 +92,7 @@ def _markdown(r: dict) -> str:
     for row in r["boundary_errors"]:
         lines.append(f"| {row['lang']} | {row['category']} | {row['errors']} | "
                      f"{row['share']:.4f} |")
-    lines += ["", f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
-              f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}",
-              ""]
+    lines += ["", *footer(r)]
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import provenance  # noqa: E402
+from _meta import footer, provenance  # noqa: E402
 from labeling_throughput import prepare_model, write_probe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -344,9 +344,7 @@ def markdown(r: dict) -> str:
               "monitor. RSS counts mapped object-store pages in every process that touches them, "
               "so total_rss double-counts; PSS shares them out. "
               "store_used / spilled: the raylet's object store stats.",
-              "", f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
-              f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}",
-              ""]
+              "", *footer(r)]
     return "\n".join(lines)
 
 
