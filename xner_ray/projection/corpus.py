@@ -106,7 +106,8 @@ def _moses(spec: ParallelSpec):
 
 
 def iter_pairs(spec: ParallelSpec, sink: RejectSink, max_words: int):
-    """The corpus' :class:`~xner_ray.io.SentencePair` s (at most ``limit``), rejects to ``sink``."""
+    """The corpus' :class:`~xner_ray.io.SentencePair` s (at most ``spec.limit``); rejects,
+    pairs over ``max_words`` among them, go to ``sink``."""
     from xner_ray.io import read_moses, read_tsv_pairs
 
     if spec.fmt == "tsv":
