@@ -33,8 +33,10 @@ def provenance() -> dict:
             gpu = torch.cuda.get_device_name(0)
     except ImportError:
         pass
+    # a benchmark rewrites its own results files as it goes (and a resumed one finds them
+    # changed): those are its outputs, not a difference in the code that made them
     changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no")
-               .splitlines() if line.strip()]
+               .splitlines() if line.strip() and not line[3:].startswith("benchmarks/results/")]
     return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "git_revision": _git("rev-parse", "HEAD") + (" (dirty)" if changed else ""),

@@ -83,6 +83,10 @@ def main(argv=None) -> int:
                         "each CALIBRATION setting, ranked by English dev F1")
     p.add_argument("--fresh", action="store_true",
                    help="do not keep the figures of languages not run now from the results file")
+    p.add_argument("--per-type", action="store_true",
+                   help="only add the per-entity-type breakdown (direct transfer vs the best "
+                        "student of each language) to the results file of --budget, from the "
+                        "models its run left under --out (a full run adds it at its end)")
     args = p.parse_args(argv)
     if args.render:
         path = Path(args.render)
@@ -97,6 +101,14 @@ def main(argv=None) -> int:
         p.error(f"no trained teacher in {teacher}; run benchmarks/direct_transfer.py "
                 f"--budget {args.budget} first")
     data, out = Path(args.data_dir), Path(args.out) / args.budget
+    dest = REPO / "benchmarks" / "results" / f"distillation_{args.budget}"
+    if args.per_type:
+        result = json.loads(dest.with_suffix(".json").read_text())
+        add_per_type(result, out, data, meta)
+        dest.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        dest.with_suffix(".md").write_text(_markdown(result))
+        print(f"wrote the per-type breakdown into {dest}.json and .md", flush=True)
+        return 0
 
     from xner_ray.cluster import init_ray
     from xner_ray.evaluate import evaluate_model
@@ -119,7 +131,6 @@ def main(argv=None) -> int:
               "teacher_config": json.loads((teacher / "train_summary.json").read_text())["config"],
               "budget_settings": budget, "n_unlabeled": n_unlabeled, "sample_seed": args.seed,
               "rows": rows, "seconds": seconds, **meta}
-    dest = REPO / "benchmarks" / "results" / f"distillation_{args.budget}"
     result["runs"] = {lang: {k: meta[k] for k in RUN_KEYS} for lang in args.langs}
     if not args.fresh:
         _carry_over(dest.with_suffix(".json"), result, args.langs)
@@ -143,30 +154,76 @@ def main(argv=None) -> int:
         print(f"[bench] {lang} direct transfer: {rows['direct'][lang]}", flush=True)
         save()
         for name, reinforce in (("ikd", False), ("rikd", True)):
-            t0 = time.time()
             # one run id per method and language: a run id's results come from one config
             res = run_rikd(RikdConfig(run_id=f"{name}-{lang}", out=str(out / name),
                                       teacher=str(teacher),
                                       rounds=budget["rounds"], reinforce=reinforce,
                                       warmup_steps=budget["warmup_steps"], **common))
-            seconds[f"{name}/{lang}"] = round(time.time() - t0, 1)
+            seconds[f"{name}/{lang}"] = _total_seconds(res[lang])
             for s in res[lang]:
                 extra = {k: s.get(k) for k in ("discard_ratio", "mean_reward", "rl_steps")
                          if s.get(k) is not None}
                 rows.setdefault(f"{name}_r{s['round'] + 1}", {})[lang] = (
                     s["target_dev"] | {"source_dev_f1": s["source_dev_f1"]} | extra)
             save()
-        t0 = time.time()
         tsl = run_tsl(TslConfig(run_id=f"tsl-{lang}", out=str(out / "tsl"),
                                 teachers=[{"lang": "en", "model": str(teacher)}], **common))
-        seconds[f"tsl/{lang}"] = round(time.time() - t0, 1)
+        seconds[f"tsl/{lang}"] = _total_seconds([tsl[lang]])
         rows.setdefault("tsl", {})[lang] = tsl[lang]["target_dev"] | {
             "source_dev_f1": tsl[lang]["source_dev_f1"]}
+        save()
+    if all(lang in rows.get(k, {}) for k in ROW_NAMES for lang in result["runs"]):
+        add_per_type(result, out, data, meta)
         save()
     print(f"wrote {dest}.json and .md", flush=True)
     return 0
 
 
+def _model_dir(out: Path, teacher: str, key: str, lang: str) -> Path:
+    """Where a row's model is: the teacher, the TSL student, or round k's student of a run."""
+    if key == "direct":
+        return Path(teacher)
+    if key == "tsl":
+        return out / "tsl" / lang
+    name, k = key.split("_r")
+    return out / name / lang / f"round{int(k) - 1}"
+
+
+def add_per_type(result: dict, out: Path, data: Path, meta: dict) -> None:
+    """Per entity type F1 on the target dev set, for direct transfer and the best distilled
+    student of each language: where the students gain or lose. Each model is evaluated again
+    and must reproduce the table's overall F1, so the breakdown is of the measured model."""
+    from xner_ray.evaluate import evaluate_model
+
+    rows, per_type = result["rows"], {}
+    for lang in rows["direct"]:
+        got = {k: v[lang]["f1"] for k, v in rows.items() if k != "direct" and lang in v}
+        if not got:
+            continue
+        per_type[lang] = {}
+        for key in ("direct", max(got, key=got.get)):
+            model = _model_dir(out, result["teacher"], key, lang)
+            r = evaluate_model(str(model), str(data / f"conll2002-{lang}/dev.txt"), lang=lang)
+            if abs(r["f1"] - rows[key][lang]["f1"]) > 1e-4:
+                raise RuntimeError(
+                    f"{model} scores F1 {r['f1']:.6f} on {lang} dev, but the table has "
+                    f"{rows[key][lang]['f1']:.6f} for {key}: it is not the measured model "
+                    "(was --out changed, or the run redone?)")
+            per_type[lang][key] = {t: {"f1": round(v["f1"], 6), "support": v["support"]}
+                                   for t, v in sorted(r["per_type"].items())}
+            print(f"[bench] {lang} {key} per type: {per_type[lang][key]}", flush=True)
+    result["per_type"] = per_type
+    result["per_type_run"] = {k: meta[k] for k in RUN_KEYS}
+
+
+def _total_seconds(summaries: list[dict]):
+    """Wall time of a row group, summed over the rounds' own timings, so a group resumed from
+    its store still reports the time its rounds took; None when a round predates the timing."""
+    times = [s.get("seconds") for s in summaries]
+    return None if None in times else round(sum(times), 1)
+
+
+UNTIMED = "not timed (resumed from rounds that ran before rounds kept their wall time)"
 RUN_KEYS = ("command", "git_revision", "date")
 # Student settings tried for the cpu budget (--calibrate): the papers' freezing (bottom 3 layers)
 # at TSL's student lr (1e-4) and higher, and no freezing at higher lrs, since 250 steps is far
@@ -316,16 +373,36 @@ def _markdown(r: dict) -> str:
             lines.append(f"| {k[-1]} | {lang} | {m.get('rl_steps', '-')} | "
                          f"{dr:.3f} | {rw:.2e} |" if dr is not None else
                          f"| {k[-1]} | {lang} | - | - | - |")
+    lines += _per_type_markdown(r)
     lines += ["", "Reading the table:", ""] + _reading(r) + [
-        "", "Wall time per row group (s): " + ", ".join(f"{k} {v}" for k, v in
-                                                              r["seconds"].items()),
-              ""]
+        "", "Wall time per row group (s): " + ", ".join(
+            f"{k} {v if v is not None else UNTIMED}" for k, v in r["seconds"].items()), ""]
     runs = r.get("runs") or {lang: {k: r[k] for k in RUN_KEYS} for lang in langs}
     for lang, run in runs.items():
         lines += [f"{lang}: command `{run['command']}`, revision {run['git_revision']}, "
                   f"date {run['date']}  "]
     lines += [f"Machine: {r['machine']}  ", f"Versions: {r['versions']}", ""]
     return "\n".join(lines) + "\n"
+
+
+def _per_type_markdown(r: dict) -> list[str]:
+    if not r.get("per_type"):
+        return []
+    run = r["per_type_run"]
+    lines = ["", "Per entity type, target dev F1: direct transfer against the best distilled "
+             f"student of each language (evaluated again by `{run['command']}`, revision "
+             f"{run['git_revision']}, date {run['date']}; each model reproduced its overall F1 "
+             "above).", "",
+             "| lang | type | gold entities | direct transfer | best student | student row | change |",
+             "|---|---|---|---|---|---|---|"]
+    for lang, models in r["per_type"].items():
+        direct = models["direct"]
+        key = next(k for k in models if k != "direct")
+        for t, m in direct.items():
+            s = models[key][t]["f1"]
+            lines.append(f"| {lang} | {t} | {m['support']} | {m['f1']:.4f} | {s:.4f} | "
+                         f"{ROW_NAMES[key]} | {100 * (s - m['f1']):+.1f} |")
+    return lines
 
 
 ORDERED_EXPORT = "fd49b69"  # the training-set export got its ORDER BY here
@@ -371,16 +448,30 @@ def _reading(r: dict) -> list[str]:
                            "left is thread-level nondeterminism of CPU kernels.") if fixed else
                           "Whether this run had the fixed order of training rows (revision "
                           f"{ORDERED_EXPORT}) is unknown."))
+    for lang, models in (r.get("per_type") or {}).items():
+        key = next(k for k in models if k != "direct")
+        lost = [t for t, m in models["direct"].items()
+                if m["f1"] >= 0.2 and models[key][t]["f1"] < 0.05]
+        if lost:
+            out.append(f"- {lang}: the best student ({ROW_NAMES[key]}) scores almost nothing on "
+                       f"{', '.join(lost)} ({', '.join(str(models['direct'][t]['support']) for t in lost)} "
+                       f"of {sum(m['support'] for m in models['direct'].values())} gold entities), "
+                       "which the teacher finds (per-type table above).")
     dr = [m["discard_ratio"] for k, v in rows.items() if k.startswith("rikd")
           for m in v.values() if m.get("discard_ratio") is not None]
     if dr:
         span = f"{min(dr):.2f}" if f"{min(dr):.2f}" == f"{max(dr):.2f}" else \
             f"{min(dr):.2f}-{max(dr):.2f}"
-        out.append(f"- RIKD: the policy discards {span} of the instances per reinforced step, "
-                   "about what a policy at its initial keep probability of 0.5 does: with the "
-                   "paper's policy lr (0.01) and delayed rewards of the size above it has not "
-                   "learned a selection in this many steps, and keeping about half of each "
-                   "reinforced batch costs the student training signal.")
+        if all(abs(d - 0.5) < 0.05 for d in dr):
+            out.append(f"- RIKD: the policy discards {span} of the instances per reinforced "
+                       "step, about what a policy at its initial keep probability of 0.5 does: "
+                       "with the paper's policy lr (0.01) and delayed rewards of the size above "
+                       "it has not learned a selection in this many steps, and keeping about "
+                       "half of each reinforced batch costs the student training signal.")
+        else:
+            out.append(f"- RIKD: the policy discards {span} of the instances per reinforced "
+                       "step; its initial keep probability is 0.5, so some rounds moved away "
+                       "from it.")
         if len(dr) > 1 and len(set(dr)) == 1:
             out.append("- RIKD: the discard ratio is the same to the last digit in every round "
                        "and language: with keep probabilities this close to 0.5, rounds seeded "

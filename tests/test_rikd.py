@@ -87,6 +87,9 @@ def test_rikd_rounds_fill_policy_columns_and_resume(ray_cluster, tiny_teacher_di
     assert len(steps) == 16 and all(0.0 <= s["discard_ratio"] <= 1.0 for s in steps)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["round"] for r in results["de"]] == [0, 1]
+    # each round keeps the wall time it took when it ran, also when it was resumed
+    assert first["meta"]["rikd"]["seconds"] == results["de"][0]["seconds"] > 0
+    assert results["de"][1]["seconds"] > 0
     assert results["de"][1]["rl_steps"] == 16 and results["de"][1]["target_dev"]["n_sentences"] == 300
     assert (tmp_path / "out" / "de" / "round1" / "model.safetensors").exists()
 

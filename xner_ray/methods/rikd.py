@@ -14,6 +14,7 @@ submitted again resumes at round k, reusing rounds 0..k-1 unchanged.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -94,6 +95,7 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
     from xner_ray.train.distill import export_training_set
     from xner_ray.train.loop import fit
 
+    t0 = time.monotonic()
     student = _student_dir(cfg, target.lang, k)
     label_cfg = LabelConfig(teachers=[teacher], store=cfg.store, run_id=cfg.run_id, round=k,
                             inputs=[{"path": target.unlabeled, "lang": target.lang,
@@ -122,7 +124,10 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
         summary = {"round": k, "teacher": teacher, "student": str(student), "n_train": n,
                    **policy, "target_dev": target_scores(student, target),
                    "source_dev_f1": json.loads((student / "train_summary.json").read_text())
-                   ["best"]["dev_f1"]}
+                   ["best"]["dev_f1"],
+                   # wall time of this round (labeling, training, evaluation) when it ran; a
+                   # resumed round keeps it, so callers can total a run's time across resumes
+                   "seconds": round(time.monotonic() - t0, 1)}
         writer.meta["rikd"] = summary
         write_json(student / "round_summary.json", summary)
     store.update_run(cfg.run_id, round=k, metrics={target.lang: summary})

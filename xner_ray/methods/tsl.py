@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def _run_target(cfg: TslConfig, store, teachers: dict, target: TargetSpec) -> di
     if done.exists() and store.is_complete(cfg.run_id, target.lang, 0):
         print(f"[tsl] {target.lang}: complete, reused", flush=True)
         return json.loads(done.read_text())
+    t0 = time.monotonic()
     weights, diag = teacher_weights_for(cfg, target)
     langs = list(teachers)
     label(LabelConfig(teachers=[teachers[l] for l in langs], weights=[weights[l] for l in langs],
@@ -105,7 +107,8 @@ def _run_target(cfg: TslConfig, store, teachers: dict, target: TargetSpec) -> di
                           dev=cfg.source_dev))
     summary = {"weights": weights, "weighting": diag, "student": str(student),
                "source_dev_f1": json.loads((student / "train_summary.json").read_text())
-               ["best"]["dev_f1"], "target_dev": target_scores(student, target)}
+               ["best"]["dev_f1"], "target_dev": target_scores(student, target),
+               "seconds": round(time.monotonic() - t0, 1)}  # kept on reuse, like RIKD rounds
     store.update_run(cfg.run_id, round=0, metrics={target.lang: summary})
     write_json(done, summary)
     dev_f1 = (summary["target_dev"] or {}).get("f1")
