@@ -118,6 +118,11 @@ def main(argv=None) -> int:
     res = run_advpicker(cfg)
     seconds["advpicker_job"] = round(time.time() - t0, 1)
     tladv = res[args.langs[0]]["teachers"]
+    # each teacher's own training time (a teacher reused from an earlier, interrupted run is
+    # not in advpicker_job, which times this invocation only)
+    for t in tladv:
+        seconds[f"tladv_train_{Path(t).name}"] = json.loads(
+            (Path(t) / "train_summary.json").read_text()).get("seconds")
 
     t0 = time.time()
     all_data = _all_data_students(cfg, out)
@@ -352,7 +357,9 @@ def _markdown(r: dict) -> str:
             cells.append(f"{m['f1']:.4f}{extra}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "TLADV range: min-max over seeds. One run per row (students: one seed).", "",
-              "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()), "",
+              "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items())
+              + " (advpicker_job: this invocation; tladv_train_*: each teacher's training, "
+              "which a resumed run reuses).", "",
               *footer(r)]
     if r["budget"] != "full":
         lines.append("Not the paper's setting: a truncated multilingual-e5-small instead of "
