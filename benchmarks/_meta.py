@@ -35,8 +35,12 @@ def provenance() -> dict:
         pass
     # a benchmark rewrites its own results files as it goes (and a resumed one finds them
     # changed): those are its outputs, not a difference in the code that made them
-    changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no")
-               .splitlines() if line.strip() and not line[3:].startswith("benchmarks/results/")]
+    # "XY path" lines; split, not slice: _git strips the output, and with it the first line's
+    # leading blank when X is empty (" M path")
+    changed = [path for path in (line.split(maxsplit=1)[1] for line in
+                                 _git("status", "--porcelain", "--untracked-files=no").splitlines()
+                                 if line.strip())
+               if not path.startswith("benchmarks/results/")]
     return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "git_revision": _git("rev-parse", "HEAD") + (" (dirty)" if changed else ""),

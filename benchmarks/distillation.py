@@ -472,6 +472,13 @@ def _reading(r: dict) -> list[str]:
             out.append(f"- RIKD: the policy discards {span} of the instances per reinforced "
                        "step; its initial keep probability is 0.5, so some rounds moved away "
                        "from it.")
+        by_round = {k: {m.get("discard_ratio") for m in v.values()}
+                    for k, v in rows.items() if k.startswith("rikd") and len(v) > 1}
+        if len(set(dr)) > 1 and by_round and all(len(d) == 1 for d in by_round.values()):
+            out.append("- RIKD: in each round the discard ratio is the same to the last digit in "
+                       "every language: each round's policy seed depends on the round, not the "
+                       "language, and with keep probabilities this close to 0.5 the same seed "
+                       "draws the same keep/drop stream over the same number of batches.")
         if len(dr) > 1 and len(set(dr)) == 1:
             out.append("- RIKD: the discard ratio is the same to the last digit in every round "
                        "and language: with keep probabilities this close to 0.5, rounds seeded "
