@@ -11,6 +11,7 @@ tags of unlabeled input); target dev labels are used for the scores below only, 
 training or model selection (students are chosen on English dev).
 
     python benchmarks/distillation.py --budget cpu --teacher outputs/direct_transfer/cpu
+    python benchmarks/distillation.py --budget cpu --kd-loss   # after it: MSE vs KL students
 
 The jobs run through the product's code paths (`run_tsl`, `run_rikd`) on one local Ray cluster
 and keep their stores under --out, so an interrupted benchmark resumes from the last complete
@@ -81,6 +82,9 @@ def main(argv=None) -> int:
     p.add_argument("--calibrate", action="store_true",
                    help="instead of the table: TSL students of the first --langs language for "
                         "each CALIBRATION setting, ranked by English dev F1")
+    p.add_argument("--kd-loss", action="store_true",
+                   help="instead of the table: the distillation loss, MSE (the papers') vs KL, "
+                        "on the TSL pseudo-labels a table run left in its store, per --langs")
     p.add_argument("--fresh", action="store_true",
                    help="do not keep the figures of languages not run now from the results file")
     p.add_argument("--per-type", action="store_true",
@@ -91,7 +95,8 @@ def main(argv=None) -> int:
     if args.render:
         path = Path(args.render)
         r = json.loads(path.read_text())
-        render = _calibration_markdown if r["benchmark"] == "distillation_calibration" else _markdown
+        render = {"distillation_calibration": _calibration_markdown,
+                  "distillation_kd_loss": _kd_loss_markdown}.get(r["benchmark"], _markdown)
         path.with_suffix(".md").write_text(render(r))
         return 0
     meta = provenance()  # the revision and state the run starts from
@@ -126,6 +131,8 @@ def main(argv=None) -> int:
     if args.calibrate:
         return calibrate(args.budget, teacher, targets[0] | {
             "source_dev": data / "conll2003-en/dev.txt"}, out, meta)
+    if args.kd_loss:
+        return kd_loss_ablation(args.budget, teacher, targets, out, data, meta)
     rows, seconds = {}, {}
     result = {"benchmark": "distillation", "budget": args.budget, "teacher": str(teacher),
               "teacher_config": json.loads((teacher / "train_summary.json").read_text())["config"],
@@ -280,6 +287,106 @@ def _calibration_markdown(r: dict) -> str:
               f"{r['student']['lr']:g}, {r['student']['freeze_layers']} frozen).", "",
               *footer(r)]
     return "\n".join(lines)
+
+
+KD_LOSSES = ("mse", "kl")  # TrainConfig.kd_loss values compared by --kd-loss; mse first
+
+
+def kd_loss_ablation(budget_name: str, teacher: Path, targets: list[dict], out: Path,
+                     data: Path, meta: dict) -> int:
+    """Students of each language trained on the same pseudo-labels -- round 0 of the table
+    run's TSL single-source job (``tsl-<lang>`` in ``out/store``) -- with the budget's settings
+    and each distillation loss of KD_LOSSES; English dev F1 (the selection criterion), target
+    dev F1 and per-type F1. The MSE student repeats the table's TSL row (a check on the rest)."""
+    import dataclasses
+
+    from xner_ray.evaluate import evaluate_model
+    from xner_ray.methods.common import student_config
+    from xner_ray.train.distill import DistillConfig, distill
+
+    budget, rows = BUDGETS[budget_name], []
+    dest = REPO / "benchmarks" / "results" / f"distillation_kd_loss_{budget_name}"
+    table = REPO / "benchmarks" / "results" / f"distillation_{budget_name}.json"
+    table_rows = json.loads(table.read_text())["rows"] if table.exists() else {}
+    for t in targets:
+        lang = t["lang"]
+        for loss in KD_LOSSES:
+            folder = out / "kd_loss" / f"{lang}-{loss}"
+            t0 = time.time()
+            base = dataclasses.asdict(student_config(folder, budget["student"] | {
+                "kd_loss": loss}))
+            distill(DistillConfig(**base, store=str(out / "store"), run_id=f"tsl-{lang}",
+                                  lang=lang, round=0, dev=str(data / "conll2003-en/dev.txt")))
+            summary = json.loads((folder / "train_summary.json").read_text())
+            r = evaluate_model(str(folder), t["dev"], lang=lang)
+            rows.append({"lang": lang, "kd_loss": loss,
+                         "source_dev_f1": summary["best"]["dev_f1"],
+                         "target_dev_f1": round(float(r["f1"]), 6),
+                         "table_tsl_f1": table_rows.get("tsl", {}).get(lang, {}).get("f1"),
+                         "table_direct_f1": table_rows.get("direct", {}).get(lang, {}).get("f1"),
+                         "per_type": {k: round(v["f1"], 6) for k, v in sorted(
+                             r["per_type"].items())},
+                         "support": {k: v["support"] for k, v in sorted(r["per_type"].items())},
+                         "n_train": summary["n_train"], "seconds": round(time.time() - t0, 1)})
+            print(f"[kd-loss] {rows[-1]}", flush=True)
+    result = {"benchmark": "distillation_kd_loss", "budget": budget_name,
+              "teacher": str(teacher), "student": budget["student"], "rows": rows, **meta}
+    dest.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    dest.with_suffix(".md").write_text(_kd_loss_markdown(result))
+    print(f"wrote {dest}.json and .md", flush=True)
+    return 0
+
+
+def _kd_loss_markdown(r: dict) -> str:
+    types = sorted({t for row in r["rows"] for t in row["per_type"]})
+    lines = [f"# Distillation loss: MSE (TSL Eq. 3, RIKD Eq. 1) vs KL ({r['budget']} budget)", "",
+             f"TSL single-source students of each language on the same pseudo-labels (round 0 of "
+             f"the table run's `tsl-<lang>` job), the {r['budget']} budget's student "
+             f"({r['student']}), only `kd_loss` changed. English dev F1 is the selection "
+             "criterion (zero-shot rule); target dev F1 and its per-type F1 are for reading. "
+             "'table TSL' is the TSL row of distillation_" + r["budget"] + ".md, which the MSE "
+             "student should repeat (checked below); 'direct' is its direct-transfer row.", "",
+             "| lang | loss | English dev F1 | target dev F1 | table TSL | direct | "
+             + " | ".join(f"{t} F1" for t in types) + " | seconds |",
+             "|---|---|---|---|---|---|" + "---|" * len(types) + "---|"]
+    for row in r["rows"]:
+        table, direct = (f"{row[k]:.4f}" if row.get(k) is not None else "-"
+                         for k in ("table_tsl_f1", "table_direct_f1"))
+        lines.append(f"| {row['lang']} | {row['kd_loss']} | {row['source_dev_f1']:.4f} | "
+                     f"{row['target_dev_f1']:.4f} | {table} | {direct} | "
+                     + " | ".join(f"{row['per_type'].get(t, 0.0):.4f}" for t in types)
+                     + f" | {row['seconds']} |")
+    lines += ["", *_kd_loss_reading(r), "", *footer(r)]
+    return "\n".join(lines)
+
+
+def _kd_loss_reading(r: dict) -> list[str]:
+    """What the figures say, from the figures: the loss English dev F1 would choose, per language,
+    and whether that choice also wins on the target."""
+    out = []
+    for lang in dict.fromkeys(row["lang"] for row in r["rows"]):
+        by = {row["kd_loss"]: row for row in r["rows"] if row["lang"] == lang}
+        if set(by) != set(KD_LOSSES):
+            continue
+        chosen = max(by, key=lambda k: by[k]["source_dev_f1"])
+        other = next(k for k in by if k != chosen)
+        gain = 100 * (by[chosen]["target_dev_f1"] - by[other]["target_dev_f1"])
+        misc = {k: by[k]["per_type"].get("MISC") for k in by}
+        out.append(f"- {lang}: English dev F1 chooses {chosen} ({by[chosen]['source_dev_f1']:.4f} "
+                   f"vs {by[other]['source_dev_f1']:.4f}); on target dev it is {gain:+.1f} F1 "
+                   f"against {other}. MISC F1: " + ", ".join(
+                       f"{k} {v:.4f}" for k, v in misc.items() if v is not None) + ".")
+        direct = by[chosen].get("table_direct_f1")
+        if direct is not None:
+            out.append(f"  - The chosen student against direct transfer: "
+                       f"{100 * (by[chosen]['target_dev_f1'] - direct):+.1f} F1.")
+        mse = by["mse"]
+        if mse.get("table_tsl_f1") is not None and abs(
+                mse["target_dev_f1"] - mse["table_tsl_f1"]) > 1e-4:
+            out.append(f"  - The MSE student does not repeat the table's TSL row "
+                       f"({mse['target_dev_f1']:.4f} vs {mse['table_tsl_f1']:.4f}): the two "
+                       "were not trained identically; read the comparison with that in mind.")
+    return out
 
 
 def _carry_over(path: Path, result: dict, langs: list[str]) -> None:

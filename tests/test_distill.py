@@ -24,8 +24,9 @@ def _mse_to_teacher(student_dir, store, run_id) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kd_loss", ["mse", "kl"])
 def test_student_learns_the_teacher_distribution(ray_cluster, tiny_teacher_dir, tiny_model_dir,
-                                                 tmp_path):
+                                                 tmp_path, kd_loss):
     import torch
 
     from xner_ray.labeling.pipeline import LabelConfig, label
@@ -46,8 +47,10 @@ def test_student_learns_the_teacher_distribution(ray_cluster, tiny_teacher_dir, 
 
     out = distill(DistillConfig(store=store, run_id="kd", lang="de", round=0,
                                 dev=str(sample_path("en.dev.txt")), out=str(tmp_path / "student"),
-                                model=str(tiny_model_dir), epochs=3, batch_size=16, lr=3e-3))
+                                model=str(tiny_model_dir), epochs=3, batch_size=16, lr=3e-3,
+                                kd_loss=kd_loss))
     summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["config"]["kd_loss"] == kd_loss
     assert summary["n_train"] == 250  # top-rho 0.5 of 500 sentences: selected rows only
     assert summary["best"]["step"] in (16, 32, 48)  # ceil(250 / 16) = 16 steps per epoch
     assert not (out / "train_set.parquet").exists()

@@ -50,3 +50,56 @@ def test_gather_words_and_teacher_tensor():
     t = teacher_tensor([[[0.1, 0.9], [0.5, 0.5]], [[1.0, 0.0]]], words.shape)
     np.testing.assert_allclose(t[0, :2].numpy(), [[0.1, 0.9], [0.5, 0.5]], rtol=1e-6)
     assert t[1].tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+
+
+def test_kd_kl_matches_hand_computation_and_masks_like_mse():
+    from xner_ray.train.losses import kd_kl_loss
+
+    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]],
+                                     [[0.2, 0.8], [0.3, 0.7]]]))
+    teacher = torch.tensor([[[1.0, 0.0], [1.0, 0.0]],
+                            [[0.0, 1.0], [0.5, 0.5]]])
+    mask = torch.tensor([[True, True], [True, False]])
+    w = torch.tensor([1.0, 3.0])
+    # KL(q||p) per word: -log .5, -log .9 (teacher zeros add 0); sentence 2: -log .8
+    s1 = (-np.log(0.5) - np.log(0.9)) / 2
+    s2 = -np.log(0.8)
+    expected = (1.0 * s1 + 3.0 * s2) / 4.0
+    assert kd_kl_loss(logits, teacher, mask, w).item() == pytest.approx(expected, rel=1e-5)
+    # student == teacher: zero
+    same = torch.log(torch.tensor([[[0.3, 0.7]]]))
+    assert kd_kl_loss(same, torch.tensor([[[0.3, 0.7]]]), torch.ones(1, 1, dtype=torch.bool),
+                      torch.ones(1)).item() == pytest.approx(0.0, abs=1e-6)
+    # masked words and zero weights: no gradient, as for the MSE
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    kd_kl_loss(x, torch.softmax(torch.randn(2, 3, 4), -1),
+               torch.tensor([[1, 0, 0], [1, 1, 1]], dtype=torch.bool),
+               torch.tensor([1.0, 0.0])).backward()
+    g = x.grad.abs().sum(-1)
+    assert g[0, 0] > 0 and (g[0, 1:] == 0).all() and (g[1] == 0).all()
+
+
+def test_kl_keeps_pulling_a_label_the_student_has_dropped():
+    """The reason the option exists: a student that gives a rare label ~0 gets almost no MSE
+    gradient towards it (softmax saturation), but a full-size KL gradient."""
+    from xner_ray.train.losses import kd_kl_loss
+
+    teacher = torch.tensor([[[0.2, 0.8, 0.0]]])  # teacher: mostly label 1 (say B-MISC)
+    mask, w = torch.ones(1, 1, dtype=torch.bool), torch.ones(1)
+    grads = {}
+    for name, fn in (("mse", kd_mse_loss), ("kl", kd_kl_loss)):
+        logits = torch.tensor([[[8.0, -4.0, 0.0]]], requires_grad=True)  # student: p(1) ~ 6e-6
+        fn(logits, teacher, mask, w).backward()
+        grads[name] = -logits.grad[0, 0, 1].item()  # descent direction on label 1's logit
+    assert grads["kl"] > 0 and grads["mse"] > 0  # both push label 1 up ...
+    assert grads["kl"] > 1000 * grads["mse"]  # ... the MSE about 10^5 times more weakly
+
+
+def test_kd_loss_config_is_checked():
+    from xner_ray.train.loop import KD_LOSS_NAMES, TrainConfig
+    from xner_ray.train.losses import KD_LOSSES
+
+    assert set(KD_LOSS_NAMES) == set(KD_LOSSES)
+    assert TrainConfig(out="x", kd_loss="kl").kd_loss == "kl"
+    with pytest.raises(ValueError, match="kd_loss"):
+        TrainConfig(out="x", kd_loss="ce")

@@ -8,7 +8,8 @@ Per training batch (RIKD Algorithm 2, lines 6-12), inside a worker:
 2. ``Policy`` gives pi(s) = sigmoid(W2 relu(W1 s + b1) + b2), the keep probability (3.3.2);
    ``sample_actions`` draws a ~ Bernoulli(pi(s)).
 3. The student is updated on the kept sub-batch (Eq. 2; ``subbatch_kd_loss`` = ``kd_mse_loss``
-   with 0/1 weights). ``delayed_reward`` turns the loss before/after into r (Eq. 3).
+   with 0/1 weights; ``kd_kl_loss`` with ``kd_loss: kl``). ``delayed_reward`` turns the loss
+   before/after into r (Eq. 3).
 4. ``reinforce_update`` minimises Eq. 4 with the states and actions cached at sampling time.
 
 ``RLSelector`` holds the pieces, one SGD optimizer (lr 0.01, section 4.2) and per-step metrics.
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from xner_ray.scores import EPS, OUTSIDE
-from xner_ray.train.losses import kd_mse_loss
+from xner_ray.train.losses import KD_LOSSES
 
 SCALARS = ("f_entities", "f_conf", "f_agree", "f_length")
 
@@ -212,9 +213,10 @@ def delayed_reward(loss_before: float, loss_after: float) -> float:
 
 
 def subbatch_kd_loss(word_logits: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor,
-                     keep: torch.Tensor) -> torch.Tensor:
-    """RIKD Eq. 2: the KD loss (Eq. 1, ``kd_mse_loss``) averaged over the kept instances only."""
-    return kd_mse_loss(word_logits, teacher_probs, mask, keep.float())
+                     keep: torch.Tensor, loss: str = "mse") -> torch.Tensor:
+    """RIKD Eq. 2: the KD loss (Eq. 1, ``kd_mse_loss``; ``loss="kl"``: ``kd_kl_loss``) averaged
+    over the kept instances only."""
+    return KD_LOSSES[loss](word_logits, teacher_probs, mask, keep.float())
 
 
 @dataclasses.dataclass

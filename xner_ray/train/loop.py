@@ -21,6 +21,7 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
+KD_LOSS_NAMES = ("mse", "kl")  # the keys of losses.KD_LOSSES (no torch import for a config)
 PROGRESS_EVERY_S = 60.0  # a progress line from rank 0 at most this often within an epoch
 
 
@@ -45,6 +46,9 @@ class TrainConfig:
                                      metadata={"help": "score only the first N dev sentences"})
     num_workers: Optional[int] = field(default=None, metadata={"help": "default: from cluster"})
     use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
+    kd_loss: str = field(default="mse",
+                         metadata={"help": "distillation loss of students: mse (TSL Eq. 3, RIKD "
+                                           "Eq. 1) | kl (KL(teacher||student); not the papers')"})
     keep_checkpoints: int = field(default=2, metadata={"help": "best epoch checkpoints kept"})
     seed: int = field(default=42, metadata={"help": "random seed"})
 
@@ -57,6 +61,8 @@ class TrainConfig:
             raise ValueError("batch_size >= 1, lr > 0 and 0 <= warmup_ratio < 1 are required")
         if self.freeze_layers < 0 or (self.layers is not None and self.layers < 1):
             raise ValueError("freeze_layers must be >= 0 and layers >= 1")
+        if self.kd_loss not in KD_LOSS_NAMES:
+            raise ValueError(f"kd_loss must be one of {list(KD_LOSS_NAMES)}, got {self.kd_loss!r}")
 
 
 def read_labeled(spec: str, what: str, label_map=None):
@@ -183,7 +189,7 @@ def train_loop(config: dict) -> None:
     total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 1 << 62)
     sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total), total)
     step_ctx = StepContext(model, bare, tokenizer, params, optim, sched, device,
-                           config["labels"], cfg.max_length, world, rank)
+                           config["labels"], cfg.max_length, world, rank, cfg.kd_loss)
     run_step = STEPS[config["loss"]](step_ctx, loss=config["loss"], **config.get("step_args", {}))
     shard = ray.train.get_dataset_shard("train")
     step = 0

@@ -57,6 +57,30 @@ def kd_mse_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, mask:
     return (per_sent * w).sum() / w.sum().clamp(min=1e-12)
 
 
+def kd_kl_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor,
+               weights: torch.Tensor) -> torch.Tensor:
+    """Token-level KL(teacher || student), masked and weighted exactly as ``kd_mse_loss``.
+
+    Not the papers' loss (TSL Eq. 3 and RIKD Eq. 1 are the MSE): an option for students that
+    lose rare labels. The MSE's gradient on a logit goes through the softmax Jacobian, so a word
+    the student already gives ~0 to a label (a rare type at the start) barely moves; the KL's
+    gradient is ``p_student - p_teacher`` and does not vanish there. Per word
+    ``sum_k q_k (log q_k - log p_k)`` (0 where the teacher gives 0), per sentence the mean over
+    its unmasked words, per batch the weight-weighted mean over sentences.
+    """
+    log_p = torch.log_softmax(student_logits.float(), dim=-1)
+    q = teacher_probs.float()
+    per_word = torch.where(q > 0, q * (q.clamp(min=1e-12).log() - log_p), 0.0).sum(dim=-1)
+    m = mask.float()
+    n_words = m.sum(dim=1)
+    per_sent = (per_word * m).sum(dim=1) / n_words.clamp(min=1)
+    w = weights.float() * (n_words > 0).float()
+    return (per_sent * w).sum() / w.sum().clamp(min=1e-12)
+
+
+KD_LOSSES = {"mse": kd_mse_loss, "kl": kd_kl_loss}
+
+
 def reverse_focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float,
                        ignore_index: int = -100) -> torch.Tensor:
     """Li et al. Sec. 4.3 re-weighted loss (RW): cross-entropy times ``(1 + p_t)^gamma``.

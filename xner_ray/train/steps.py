@@ -33,6 +33,7 @@ class StepContext:
     max_length: int
     world: int
     rank: int
+    kd_loss: str = "mse"  # TrainConfig.kd_loss: a key of losses.KD_LOSSES
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -103,11 +104,13 @@ class KDBatch:
 
 
 def kd_loss(ctx: StepContext, batch) -> torch.Tensor:
-    """Student vs teacher distributions on first sub-words (TSL Eq. 3-4, RIKD Eq. 1)."""
-    from xner_ray.train.losses import kd_mse_loss
+    """Student vs teacher distributions on first sub-words (TSL Eq. 3-4, RIKD Eq. 1; or the KL
+    when ``ctx.kd_loss`` says so)."""
+    from xner_ray.train.losses import KD_LOSSES
 
     kb = KDBatch.build(ctx, batch)
-    return kd_mse_loss(kb.word_outputs(ctx.model, ctx), kb.teacher, kb.mask, kb.weights)
+    return KD_LOSSES[ctx.kd_loss](kb.word_outputs(ctx.model, ctx), kb.teacher, kb.mask,
+                                  kb.weights)
 
 
 class SupervisedStep:
@@ -163,7 +166,7 @@ class RikdStep:
 
     def _reinforced(self, batch) -> float:
         from xner_ray.methods.rikd_policy import StateInputs, delayed_reward, subbatch_kd_loss
-        from xner_ray.train.losses import kd_mse_loss
+        from xner_ray.train.losses import KD_LOSSES
 
         ctx = self.ctx
         kb = KDBatch.build(ctx, batch)
@@ -175,11 +178,13 @@ class RikdStep:
         for sid, pi, k in zip(batch["sent_id"], p.tolist(), keep.tolist()):
             self.decisions[str(sid)] = (pi, bool(k))
         kept = bool(keep.any())
-        before = subbatch_kd_loss(logits.float(), kb.teacher, kb.mask, keep).item() if kept else 0.0
+        # Eq. 2-3 with the loss the student learns (Eq. 1's MSE unless kd_loss says otherwise)
+        before = (subbatch_kd_loss(logits.float(), kb.teacher, kb.mask, keep,
+                                   loss=ctx.kd_loss).item() if kept else 0.0)
         ctx.model.train()
         with ctx.autocast():
-            loss = kd_mse_loss(kb.word_outputs(ctx.model, ctx), kb.teacher, kb.mask,
-                               kb.weights * keep.float())
+            loss = KD_LOSSES[ctx.kd_loss](kb.word_outputs(ctx.model, ctx), kb.teacher, kb.mask,
+                                          kb.weights * keep.float())
         # nothing kept on a single worker: no update at all (the paper skips the step)
         ctx.update(loss, apply=kept or ctx.world > 1)
         reward = None
@@ -187,7 +192,7 @@ class RikdStep:
             ctx.bare.eval()
             with torch.no_grad(), ctx.autocast():
                 after = subbatch_kd_loss(kb.word_outputs(ctx.bare, ctx).float(), kb.teacher,
-                                         kb.mask, keep).item()
+                                         kb.mask, keep, loss=ctx.kd_loss).item()
             reward = delayed_reward(before, after)
         self._epoch.append(self.selector.learn(cached, reward))
         ctx.model.train()
