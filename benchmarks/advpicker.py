@@ -81,6 +81,10 @@ def main(argv=None) -> int:
     p.add_argument("--langs", nargs="+", default=list(LANGS), choices=LANGS)
     p.add_argument("--seed", type=int, default=0, help="seed of the unlabeled samples")
     p.add_argument("--render", metavar="JSON", help="only rewrite the .md from a results .json")
+    p.add_argument("--per-type", action="store_true",
+                   help="only add per entity type F1 of every Table 6 row to the results file "
+                        "of --budget, from the models its run left under --out (a full run "
+                        "adds it at its end)")
     args = p.parse_args(argv)
     if args.render:
         path = Path(args.render)
@@ -89,6 +93,19 @@ def main(argv=None) -> int:
     meta = provenance()  # the revision and state the run starts from
     budget = SMOKE if args.smoke else BUDGETS[args.budget]
     tag = "smoke" if args.smoke else args.budget
+    if args.per_type:
+        out = Path(args.out) / tag
+        dest = (out / f"advpicker_{tag}" if args.smoke
+                else REPO / "benchmarks" / "results" / f"advpicker_{tag}")
+        result = json.loads(dest.with_suffix(".json").read_text())
+        devs = {lang: (out / "data" / f"{lang}_dev.conll" if args.smoke else
+                       Path(args.data_dir) / f"conll2002-{lang}" / "dev.txt")
+                for lang in result["table6"]["ft"]}
+        add_per_type(result, out, devs, meta)
+        dest.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+        dest.with_suffix(".md").write_text(_markdown(result))
+        print(f"wrote the per-type breakdown into {dest}.json and .md", flush=True)
+        return 0
     n_seeds = args.seeds or budget["seeds"]
     if n_seeds < 1:
         p.error("--seeds must be >= 1")
@@ -151,6 +168,7 @@ def main(argv=None) -> int:
               "student_config": budget["student"], "probe_config": budget["probe"],
               "samples": files["counts"], "sample_seed": args.seed,
               "table3": table3, "table4": table4, "table6": table6, "seconds": seconds, **meta}
+    add_per_type(result, out, {l: files[f"{l}_dev"] for l in args.langs}, meta)
     dest = (out / f"advpicker_{tag}" if args.smoke
             else REPO / "benchmarks" / "results" / f"advpicker_{tag}")
     dest.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
@@ -220,6 +238,74 @@ def _table6(teacher: Path, tladv: list, res: dict, all_data: dict, cfg) -> dict:
         print(f"[bench] {t.lang}: " + ", ".join(f"{k} {v[t.lang]['f1']:.4f}"
                                                  for k, v in rows.items()), flush=True)
     return rows
+
+
+def add_per_type(result: dict, out: Path, devs: dict, meta: dict) -> None:
+    """Per entity type F1 on target dev for every Table 6 row (TLADV: each seed), each model
+    evaluated again; its overall F1 must repeat the table's, so the breakdown is of the
+    measured model."""
+    from xner_ray.evaluate import evaluate_model, score_tags
+    from xner_ray.io import read_conll
+    from xner_ray.methods.advpicker import ensemble_predict
+
+    t6, per_type = result["table6"], {}
+    for lang in t6["ft"]:
+        dev = devs[lang]
+        models = {"ft": (result["teacher"], t6["ft"][lang]["f1"]),
+                  **{f"tladv_{Path(t).name}": (t, m["f1"]) for t, m in
+                     zip(result["tladv_teachers"], t6["tladv"][lang]["per_seed"])},
+                  "all_data": (str(out / "all_data" / lang), t6["all_data"][lang]["f1"]),
+                  "advpicker": (str(out / "advpicker" / lang), t6["advpicker"][lang]["f1"])}
+        per_type[lang] = {}
+        for key, (model, f1) in models.items():
+            r = evaluate_model(model, str(dev), lang=lang)
+            _check_f1(key, lang, r["f1"], f1)
+            per_type[lang][key] = _types(r)
+        sents = list(read_conll(str(dev), lang=lang))
+        r = score_tags([s.tags for s in sents],
+                       ensemble_predict(result["tladv_teachers"], [s.tokens for s in sents]))
+        _check_f1("ensemble", lang, r["f1"], t6["ensemble"][lang]["f1"])
+        per_type[lang]["ensemble"] = _types(r)
+        print(f"[bench] {lang} per type: " + "; ".join(
+            f"{k} " + ", ".join(f"{t} {v['f1']:.3f}" for t, v in m.items())
+            for k, m in per_type[lang].items()), flush=True)
+    result["per_type"] = per_type
+    result["per_type_run"] = {k: meta[k] for k in ("command", "git_revision", "date")}
+
+
+def _check_f1(key: str, lang: str, got: float, table: float) -> None:
+    if abs(got - table) > 1e-4:
+        raise RuntimeError(f"{key} scores F1 {got:.6f} on {lang} dev but the table has "
+                           f"{table:.6f}: not the measured model (was --out changed, or the "
+                           "run redone?)")
+
+
+def _types(r: dict) -> dict:
+    return {t: {"f1": round(v["f1"], 6), "support": v["support"]}
+            for t, v in sorted(r["per_type"].items())}
+
+
+def _per_type_markdown(r: dict) -> list[str]:
+    if not r.get("per_type"):
+        return []
+    run = r["per_type_run"]
+    names = {"ft": "fine-tuned teacher", "ensemble": "AdvPicker w/o KD", "all_data": "KD on all",
+             "advpicker": "AdvPicker"}
+    lines = ["", "## Target dev F1 per entity type", "",
+             f"Every Table 6 model evaluated again (`{run['command']}`, revision "
+             f"{run['git_revision']}, date {run['date']}); each repeated its overall F1 above.",
+             ""]
+    for lang, models in r["per_type"].items():
+        keys = list(models)
+        cols = [names.get(k, k.replace("tladv_seed", "TLADV seed ")) for k in keys]
+        types = list(models[keys[0]])
+        lines += [f"{lang}:", "", "| type | gold entities | " + " | ".join(cols) + " |",
+                  "|---|---|" + "---|" * len(cols)]
+        for t in types:
+            lines.append(f"| {t} | {models[keys[0]][t]['support']} | "
+                         + " | ".join(f"{models[k][t]['f1']:.4f}" for k in keys) + " |")
+        lines.append("")
+    return lines
 
 
 def _encode(model, tokenizer, sentences, max_length: int, batch_size: int = 32):
@@ -356,7 +442,8 @@ def _markdown(r: dict) -> str:
                      and len(r["tladv_teachers"]) > 1 else "")
             cells.append(f"{m['f1']:.4f}{extra}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "TLADV range: min-max over seeds. One run per row (students: one seed).", "",
+    lines += ["", "TLADV range: min-max over seeds. One run per row (students: one seed).",
+              *_per_type_markdown(r), "",
               "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items())
               + " (advpicker_job: this invocation; tladv_train_*: each teacher's training, "
               "which a resumed run reuses).", "",
