@@ -9,7 +9,7 @@
   * Table 6 shape -- target dev F1: fine-tuned teacher, TLADV teacher(s), AdvPicker w/o KD (the
     seed ensemble), KD on all pseudo-labels, AdvPicker (KD on the selected ones).
 
-    python benchmarks/advpicker.py --budget cpu                 # ~2.5-3 h on 2 CPUs (2 seeds)
+    python benchmarks/advpicker.py --budget cpu                 # ~2.2 h on 2 CPUs (2 seeds)
     python benchmarks/advpicker.py --budget cpu --seeds 1       # ~1.5-2 h
     python benchmarks/advpicker.py --smoke                      # minutes: checks the script only
 

@@ -386,6 +386,9 @@ def _kd_loss_reading(r: dict) -> list[str]:
             out.append(f"  - The MSE student does not repeat the table's TSL row "
                        f"({mse['target_dev_f1']:.4f} vs {mse['table_tsl_f1']:.4f}): the two "
                        "were not trained identically; read the comparison with that in mind.")
+        elif mse.get("table_tsl_f1") is not None:
+            out.append("  - The MSE student repeats the table's TSL row "
+                       f"({mse['target_dev_f1']:.4f}).")
     return out
 
 
