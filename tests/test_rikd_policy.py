@@ -188,3 +188,17 @@ def test_from_student_matches_manual_inputs():
 def test_sample_actions_frequency():
     a = sample_actions(torch.full((4000,), 0.3), torch.Generator().manual_seed(0))
     assert a.dtype == torch.bool and abs(a.float().mean().item() - 0.3) < 0.03
+
+
+def test_subbatch_loss_follows_kd_loss():
+    """RIKD Eq. 2-3 with ``kd_loss: kl``: the kept sub-batch's loss is the KL, over kept rows."""
+    from xner_ray.train.losses import kd_kl_loss
+
+    x = hand_batch()
+    logits = x.student_probs.log()
+    keep = torch.tensor([True, False])
+    got = subbatch_kd_loss(logits, x.teacher_probs, x.mask, keep, loss="kl")
+    want = kd_kl_loss(logits[:1], x.teacher_probs[:1], x.mask[:1], torch.ones(1))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert got.item() != pytest.approx(
+        subbatch_kd_loss(logits, x.teacher_probs, x.mask, keep).item(), rel=1e-3)

@@ -71,11 +71,13 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, mask: 
     log_p = torch.log_softmax(student_logits.float(), dim=-1)
     q = teacher_probs.float()
     per_word = torch.where(q > 0, q * (q.clamp(min=1e-12).log() - log_p), 0.0).sum(dim=-1)
-    m = mask.float()
-    n_words = m.sum(dim=1)
-    per_sent = (per_word * m).sum(dim=1) / n_words.clamp(min=1)
+    # selected, not multiplied: a masked word or a weight-0 sentence may hold an infinite KL
+    # (padding junk, a student probability of exactly 0), and inf * 0 is nan
+    per_word = torch.where(mask, per_word, 0.0)
+    n_words = mask.float().sum(dim=1)
+    per_sent = per_word.sum(dim=1) / n_words.clamp(min=1)
     w = weights.float() * (n_words > 0).float()
-    return (per_sent * w).sum() / w.sum().clamp(min=1e-12)
+    return torch.where(w > 0, per_sent * w, 0.0).sum() / w.sum().clamp(min=1e-12)
 
 
 KD_LOSSES = {"mse": kd_mse_loss, "kl": kd_kl_loss}
