@@ -56,3 +56,16 @@ def footer(r: dict) -> list[str]:
     """The provenance lines that end every results .md (from provenance()'s keys in ``r``)."""
     return [f"Command: `{r['command']}`  ", f"Revision: {r['git_revision']}  ",
             f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}", ""]
+
+
+def per_type_f1(r: dict) -> dict:
+    """{type: {f1, support}} from an ``evaluate_model`` / ``score_tags`` result."""
+    return {t: {"f1": round(v["f1"], 6), "support": v["support"]}
+            for t, v in sorted(r["per_type"].items())}
+
+
+def check_f1(what: str, got: float, table: float) -> None:
+    """A model evaluated again must repeat its table F1, or the breakdown is not of it."""
+    if abs(got - table) > 1e-4:
+        raise RuntimeError(f"{what} scores F1 {got:.6f}, but the table has {table:.6f}: it is "
+                           "not the measured model (was --out changed, or the run redone?)")

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import footer, provenance  # noqa: E402
+from _meta import check_f1, footer, per_type_f1, provenance  # noqa: E402
 from distillation import BUDGETS as DISTILL_BUDGETS  # noqa: E402
 from distillation import sample_conll  # noqa: E402
 
@@ -99,6 +99,8 @@ def main(argv=None) -> int:
     budget = SMOKE if args.smoke else BUDGETS[args.budget]
     tag = "smoke" if args.smoke else args.budget
     if args.kd_loss:
+        if args.smoke:
+            p.error("--kd-loss retrains the students of a --budget run; not with --smoke")
         return kd_loss_students(tag, budget, Path(args.out) / tag, Path(args.data_dir), meta)
     if args.per_type:
         out = Path(args.out) / tag
@@ -266,13 +268,13 @@ def add_per_type(result: dict, out: Path, devs: dict, meta: dict) -> None:
         per_type[lang] = {}
         for key, (model, f1) in models.items():
             r = evaluate_model(model, str(dev), lang=lang)
-            _check_f1(key, lang, r["f1"], f1)
-            per_type[lang][key] = _types(r)
+            check_f1(f"{model} on {lang} dev", r["f1"], f1)
+            per_type[lang][key] = per_type_f1(r)
         sents = list(read_conll(str(dev), lang=lang))
         r = score_tags([s.tags for s in sents],
                        ensemble_predict(result["tladv_teachers"], [s.tokens for s in sents]))
-        _check_f1("ensemble", lang, r["f1"], t6["ensemble"][lang]["f1"])
-        per_type[lang]["ensemble"] = _types(r)
+        check_f1(f"the seed ensemble on {lang} dev", r["f1"], t6["ensemble"][lang]["f1"])
+        per_type[lang]["ensemble"] = per_type_f1(r)
         print(f"[bench] {lang} per type: " + "; ".join(
             f"{k} " + ", ".join(f"{t} {v['f1']:.3f}" for t, v in m.items())
             for k, m in per_type[lang].items()), flush=True)
@@ -311,7 +313,7 @@ def kd_loss_students(tag: str, budget: dict, out: Path, data: Path, meta: dict) 
             mse = table["table6"][key][lang]
             rows.append({"lang": lang, "row": key, "n_train": summary["n_train"],
                          "kl": {"source_dev_f1": summary["best"]["dev_f1"],
-                                "f1": round(float(r["f1"]), 6), "per_type": _types(r)},
+                                "f1": round(float(r["f1"]), 6), "per_type": per_type_f1(r)},
                          "mse": {"source_dev_f1": mse.get("source_dev_f1"), "f1": mse["f1"],
                                  "per_type": table.get("per_type", {}).get(lang, {}).get(key)},
                          "ft_f1": table["table6"]["ft"][lang]["f1"],
@@ -349,18 +351,6 @@ def _kd_loss_markdown(r: dict) -> str:
                      f"{row['ft_f1']:.4f} |")
     lines += ["", "One seed per student.", "", *footer(r)]
     return "\n".join(lines)
-
-
-def _check_f1(key: str, lang: str, got: float, table: float) -> None:
-    if abs(got - table) > 1e-4:
-        raise RuntimeError(f"{key} scores F1 {got:.6f} on {lang} dev but the table has "
-                           f"{table:.6f}: not the measured model (was --out changed, or the "
-                           "run redone?)")
-
-
-def _types(r: dict) -> dict:
-    return {t: {"f1": round(v["f1"], 6), "support": v["support"]}
-            for t, v in sorted(r["per_type"].items())}
 
 
 def _per_type_markdown(r: dict) -> list[str]:

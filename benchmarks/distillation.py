@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import footer, provenance  # noqa: E402
+from _meta import check_f1, footer, per_type_f1, provenance  # noqa: E402
+from xner_ray.train.loop import KD_LOSS_NAMES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ("es", "nl")
@@ -211,13 +212,8 @@ def add_per_type(result: dict, out: Path, data: Path, meta: dict) -> None:
         for key in ("direct", max(got, key=got.get)):
             model = _model_dir(out, result["teacher"], key, lang)
             r = evaluate_model(str(model), str(data / f"conll2002-{lang}/dev.txt"), lang=lang)
-            if abs(r["f1"] - rows[key][lang]["f1"]) > 1e-4:
-                raise RuntimeError(
-                    f"{model} scores F1 {r['f1']:.6f} on {lang} dev, but the table has "
-                    f"{rows[key][lang]['f1']:.6f} for {key}: it is not the measured model "
-                    "(was --out changed, or the run redone?)")
-            per_type[lang][key] = {t: {"f1": round(v["f1"], 6), "support": v["support"]}
-                                   for t, v in sorted(r["per_type"].items())}
+            check_f1(f"{model} ({key}) on {lang} dev", r["f1"], rows[key][lang]["f1"])
+            per_type[lang][key] = per_type_f1(r)
             print(f"[bench] {lang} {key} per type: {per_type[lang][key]}", flush=True)
     result["per_type"] = per_type
     result["per_type_run"] = {k: meta[k] for k in RUN_KEYS}
@@ -289,14 +285,11 @@ def _calibration_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-KD_LOSSES = ("mse", "kl")  # TrainConfig.kd_loss values compared by --kd-loss; mse first
-
-
 def kd_loss_ablation(budget_name: str, teacher: Path, targets: list[dict], out: Path,
                      data: Path, meta: dict) -> int:
     """Students of each language trained on the same pseudo-labels -- round 0 of the table
     run's TSL single-source job (``tsl-<lang>`` in ``out/store``) -- with the budget's settings
-    and each distillation loss of KD_LOSSES; English dev F1 (the selection criterion), target
+    and each distillation loss of KD_LOSS_NAMES; English dev F1 (the selection criterion), target
     dev F1 and per-type F1. The MSE student repeats the table's TSL row (a check on the rest)."""
     import dataclasses
 
@@ -310,7 +303,7 @@ def kd_loss_ablation(budget_name: str, teacher: Path, targets: list[dict], out: 
     table_rows = json.loads(table.read_text())["rows"] if table.exists() else {}
     for t in targets:
         lang = t["lang"]
-        for loss in KD_LOSSES:
+        for loss in KD_LOSS_NAMES:
             folder = out / "kd_loss" / f"{lang}-{loss}"
             t0 = time.time()
             base = dataclasses.asdict(student_config(folder, budget["student"] | {
@@ -366,7 +359,7 @@ def _kd_loss_reading(r: dict) -> list[str]:
     out = []
     for lang in dict.fromkeys(row["lang"] for row in r["rows"]):
         by = {row["kd_loss"]: row for row in r["rows"] if row["lang"] == lang}
-        if set(by) != set(KD_LOSSES):
+        if set(by) != set(KD_LOSS_NAMES):
             continue
         chosen = max(by, key=lambda k: by[k]["source_dev_f1"])
         other = next(k for k in by if k != chosen)
