@@ -396,7 +396,7 @@ def _probe(src_train, tgt_train, src_dev, tgt_dev, *, epochs: int, seed: int = 0
     the larger language; score every dev token. Accuracy, and balanced accuracy (chance 0.5)."""
     import torch
 
-    from xner_ray.train.adversarial import LanguageDiscriminator
+    from xner_ray.methods.advpicker.tladv import LanguageDiscriminator
 
     g = torch.Generator().manual_seed(seed)
     n = min(len(src_train), len(tgt_train))

@@ -128,8 +128,8 @@ def es_dev(data: Path, limit, out: Path) -> str:
 
 def read_eval(subset: Path, field: str, trim_names: bool, limit=None) -> list[dict]:
     """Per verse: words and the gold target spans per distinct source query (its words)."""
-    from xner_ray.projection.corpus import ParallelSpec, iter_pairs, links_to_words
-    from xner_ray.projection.examples import trim_to_names
+    from xner_ray.methods.projection.corpus import ParallelSpec, iter_pairs, links_to_words
+    from xner_ray.methods.projection.examples import trim_to_names
     from xner_ray.records import RejectSink
 
     records = [json.loads(l) for l in open(subset / "links.jsonl", encoding="utf-8")]
@@ -177,7 +177,7 @@ def score(verses: list[dict], predictions: list[dict]) -> dict:
 
 
 def similarity_predictions(aligner, verses: list[dict], method: str, max_gap: int) -> list[dict]:
-    from xner_ray.projection.aligner import spans_from_words, word_alignment
+    from xner_ray.methods.projection.aligner import spans_from_words, word_alignment
 
     s_emb = aligner.embed([v["src"] for v in verses])
     t_emb = aligner.embed([v["tgt"] for v in verses])
@@ -220,11 +220,11 @@ def run(args, sizes: dict, out: Path, bible: Path, data: Path) -> dict:
 
     from xner_ray.cluster import init_ray
     from xner_ray.evaluate import evaluate_model
-    from xner_ray.methods.project import ProjectConfig, train_target
-    from xner_ray.projection.aligner import SimilarityAligner
-    from xner_ray.projection.corpus import ParallelSpec
-    from xner_ray.projection.model import AlignmentModel, train_aligner
-    from xner_ray.projection.pipeline import (ExampleConfig, ProjectionConfig,
+    from xner_ray.methods.projection.job import ProjectConfig, train_target
+    from xner_ray.methods.projection.aligner import SimilarityAligner
+    from xner_ray.methods.projection.corpus import ParallelSpec
+    from xner_ray.methods.projection.model import AlignmentModel, train_aligner
+    from xner_ray.methods.projection.pipeline import (ExampleConfig, ProjectionConfig,
                                               build_example_file, project)
     from xner_ray.sqlshell import run_sql
     from xner_ray.store import Store

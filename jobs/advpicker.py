@@ -10,7 +10,7 @@ Locally, on an in-process cluster:   python jobs/advpicker.py --config configs/a
 Print the resolved config:           python jobs/advpicker.py --config FILE --dry-run
 Override a key:                      --set rho=0.7 --set train_tladv.epochs=2
 Every key is documented in ``xner_ray.methods.advpicker.AdvPickerConfig`` (the teacher keys in
-``xner_ray.train.adversarial.TladvConfig``). Under ``ray job submit`` the entry point runs in an
+``xner_ray.methods.advpicker.tladv.TladvConfig``). Under ``ray job submit`` the entry point runs in an
 uploaded copy of the working dir: give outputs as absolute paths to keep them.
 """
 

@@ -9,7 +9,7 @@ Locally, on an in-process cluster:   python jobs/project.py --config configs/pro
 Print the resolved config:           python jobs/project.py --config FILE --dry-run
 Override a key:                      --set aligner=similarity --set gamma=0
 Then:  xner sql --store outputs/project-demo/store --file sql/projection_status.sql
-Every key is documented in ``xner_ray.methods.project.ProjectConfig``. Under ``ray job submit``
+Every key is documented in ``xner_ray.methods.projection.job.ProjectConfig``. Under ``ray job submit``
 the entry point runs in an uploaded copy of the working dir: give outputs as absolute paths
 (--set out=... --set store=...) to keep them.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted copy's package
 
 from xner_ray.jobs import run_job  # noqa: E402
-from xner_ray.methods.project import ProjectConfig, run_project  # noqa: E402
+from xner_ray.methods.projection.job import ProjectConfig, run_project  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_job("project", ProjectConfig, run_project, doc=__doc__))

@@ -26,7 +26,7 @@ TGT = [["De", "Nederlandsche", "Bank", "in", "Den", "Haag"], ["Amsterdam", "is",
 def _tladv_folder(path, tiny_model_dir, seed: int, hidden: int = 16):
     """A tiny token classifier + a seeded random discriminator, saved like a TLADV teacher."""
     from xner_ray.models.classifier import load_token_classifier, load_tokenizer
-    from xner_ray.train.adversarial import LanguageDiscriminator, save_discriminator
+    from xner_ray.methods.advpicker.tladv import LanguageDiscriminator, save_discriminator
 
     torch.manual_seed(seed)
     model = load_token_classifier(str(tiny_model_dir), TAGS)
@@ -38,7 +38,7 @@ def _tladv_folder(path, tiny_model_dir, seed: int, hidden: int = 16):
 
 def _updates(tiny_model_dir, **lrs):
     from xner_ray.models.classifier import load_token_classifier, load_tokenizer
-    from xner_ray.train.adversarial import (AlternatingUpdates, Batch, LanguageDiscriminator,
+    from xner_ray.methods.advpicker.tladv import (AlternatingUpdates, Batch, LanguageDiscriminator,
                                             TladvModel)
 
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def test_each_alternating_update_moves_only_its_parameters(tiny_model_dir):
 
 def test_encoder_loss_flips_language_labels_and_discriminator_loss_does_not(tiny_model_dir):
     """Eq. 4: L^E scores source tokens as target and target tokens as source; L^DIS the truth."""
-    from xner_ray.train.adversarial import SOURCE, TARGET, language_bce
+    from xner_ray.methods.advpicker.tladv import SOURCE, TARGET, language_bce
 
     module, upd, b = _updates(tiny_model_dir)
     module.eval()  # no dropout: the update's forward equals the one below
@@ -110,7 +110,7 @@ def test_encoder_loss_flips_language_labels_and_discriminator_loss_does_not(tiny
 
 
 def test_language_bce_and_sentence_probability_ignore_padding():
-    from xner_ray.train.adversarial import language_bce, sentence_source_prob
+    from xner_ray.methods.advpicker.tladv import language_bce, sentence_source_prob
 
     logits = torch.tensor([[0.0, math.log(3.0), 50.0], [math.log(1 / 3), 0.0, -50.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
@@ -198,7 +198,7 @@ def test_seed_ensemble_keeps_the_most_confident_sequence():
 
 def test_teacher_stage_picks_sequences_and_scores_languages(tiny_model_dir, tmp_path):
     from xner_ray.labeling.stages import SubwordStage, TeacherStage
-    from xner_ray.train.adversarial import load_discriminator, sentence_source_prob
+    from xner_ray.methods.advpicker.tladv import load_discriminator, sentence_source_prob
 
     seeds = [str(_tladv_folder(tmp_path / f"s{k}", tiny_model_dir, k)) for k in (1, 2)]
     words = TGT + SRC
@@ -311,7 +311,7 @@ def _advpicker_main(argv) -> int:
 def test_advpicker_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path, capsys):
     from xner_ray.evaluate import evaluate_model
     from xner_ray.sqlshell import connect, run_sql
-    from xner_ray.train.adversarial import load_discriminator
+    from xner_ray.methods.advpicker.tladv import load_discriminator
 
     config = _job_config(tmp_path, tiny_model_dir)
     assert _advpicker_main(["--config", config]) == 0

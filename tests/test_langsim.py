@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from xner_ray.methods.langsim import (
+from xner_ray.methods.tsl.langsim import (
     LanguageSimilarity,
     SentenceEncoder,
     fit_language_similarity,
@@ -117,7 +117,7 @@ def test_bilinear_operator_has_rank_at_most_d():
 
 def test_equal_scores_give_uniform_weights_and_a_warning(caplog):
     model = LanguageSimilarity(["de", "es", "nl"], np.eye(3, 4), d=2)
-    with caplog.at_level(logging.WARNING, logger="xner_ray.methods.langsim"):
+    with caplog.at_level(logging.WARNING, logger="xner_ray.methods.tsl.langsim"):
         w = teacher_weights(model, np.zeros((5, 4), dtype=np.float32))  # every score is 0
     assert w == uniform_weights(["de", "es", "nl"]) == {"de": 1 / 3, "es": 1 / 3, "nl": 1 / 3}
     assert "all 15 target scores are equal" in caplog.text

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from xner_ray.demo import sample_path
-from xner_ray.projection.filters import (INCONSISTENT, OK, OVERLAP, UNMAPPED, MappedEntity,
+from xner_ray.methods.projection.filters import (INCONSISTENT, OK, OVERLAP, UNMAPPED, MappedEntity,
                                          TargetSpan, filter_pair, group_entities)
 
 
@@ -103,7 +103,7 @@ def test_group_entities_merges_mentions_of_one_name():
 # -- alignment examples (Sec. 4.2) -----------------------------------------------------------
 
 def _pairs():
-    from xner_ray.projection.examples import PairForExamples
+    from xner_ray.methods.projection.examples import PairForExamples
 
     return [
         # gold link "Pison" -> "era Pisón" (the Bible's links include prefixed words)
@@ -124,7 +124,7 @@ def _by(examples, pair_id, negative=False):
 
 
 def test_examples_positives_from_each_source():
-    from xner_ray.projection.examples import build_examples
+    from xner_ray.methods.projection.examples import build_examples
 
     examples, stats = build_examples(_pairs(), negative_ratio=0.0)
     p1 = _by(examples, "p1")
@@ -144,7 +144,7 @@ def test_examples_positives_from_each_source():
 
 
 def test_examples_negative_ratio_and_absence():
-    from xner_ray.projection.examples import build_examples
+    from xner_ray.methods.projection.examples import build_examples
 
     pairs = _pairs()
     examples, stats = build_examples(pairs, negative_ratio=0.25, seed=3)
@@ -162,7 +162,7 @@ def test_examples_negative_ratio_and_absence():
 
 
 def test_examples_sources_subset_cap_and_bad_options():
-    from xner_ray.projection.examples import build_examples
+    from xner_ray.methods.projection.examples import build_examples
 
     examples, _ = build_examples(_pairs(), sources=["identical"], negative_ratio=0.0)
     assert {e.source for e in examples} == {"identical"}
@@ -176,7 +176,7 @@ def test_examples_sources_subset_cap_and_bad_options():
 
 
 def test_identical_ambiguous_target_word_is_dropped():
-    from xner_ray.projection.examples import PairForExamples, identical_candidates
+    from xner_ray.methods.projection.examples import PairForExamples, identical_candidates
 
     pair = PairForExamples("x", "Abram and Abraham".split(), "Abram y otro".split())
     assert identical_candidates(pair) == []  # 'Abram' claimed by two source strings
@@ -214,7 +214,7 @@ def test_reverse_focal_loss_weights_confident_tokens_more_and_edge_cases():
 # -- the similarity aligner ----------------------------------------------------------------------
 
 def test_argmax_and_itermax_on_hand_made_similarities():
-    from xner_ray.projection.aligner import argmax_align, itermax_align
+    from xner_ray.methods.projection.aligner import argmax_align, itermax_align
 
     sim = np.array([[0.9, 0.1, 0.2, 0.1],
                     [0.8, 0.3, 0.1, 0.2],   # wants column 0 too, but row 0 owns it
@@ -231,7 +231,7 @@ def test_argmax_and_itermax_on_hand_made_similarities():
 
 
 def test_spans_from_words_merges_gaps_and_trims_punctuation():
-    from xner_ray.projection.aligner import spans_from_words
+    from xner_ray.methods.projection.aligner import spans_from_words
 
     tokens = ["el", "Nuevo", ",", "York", ".", "y", "Roma"]
     assert spans_from_words([1, 3, 6], tokens, max_gap=1) == [(1, 4), (6, 7)]
@@ -242,8 +242,8 @@ def test_spans_from_words_merges_gaps_and_trims_punctuation():
 def test_similarity_aligner_on_a_known_pair():
     """The embedded model at SimAlign's layer 8 on a Bible verse with an unambiguous gold
     alignment of its names and content words."""
-    from xner_ray.projection.aligner import SimilarityAligner
-    from xner_ray.projection.filters import group_entities
+    from xner_ray.methods.projection.aligner import SimilarityAligner
+    from xner_ray.methods.projection.filters import group_entities
 
     src = ("And the name of the second river is Gihon : the same is it that compasseth the "
            "whole land of Ethiopia .").split()
@@ -260,7 +260,7 @@ def test_similarity_aligner_on_a_known_pair():
 
 
 def test_similarity_aligner_rejects_bad_layer_and_method(tiny_model_dir):
-    from xner_ray.projection.aligner import SimilarityAligner
+    from xner_ray.methods.projection.aligner import SimilarityAligner
 
     with pytest.raises(ValueError, match="layer must be in 1..2"):
         SimilarityAligner(str(tiny_model_dir), layer=8)
@@ -272,8 +272,8 @@ def test_similarity_aligner_rejects_bad_layer_and_method(tiny_model_dir):
 
 def test_encode_pairs_labels_only_target_first_subwords(tiny_model_dir):
     from xner_ray.models.classifier import load_tokenizer
-    from xner_ray.projection.examples import ALIGN_LABELS
-    from xner_ray.projection.model import encode_pairs
+    from xner_ray.methods.projection.examples import ALIGN_LABELS
+    from xner_ray.methods.projection.model import encode_pairs
 
     tok = load_tokenizer(str(tiny_model_dir))
     label2id = {l: i for i, l in enumerate(ALIGN_LABELS)}
@@ -296,7 +296,7 @@ def test_encode_pairs_labels_only_target_first_subwords(tiny_model_dir):
 # -- corpus reading ------------------------------------------------------------------------------
 
 def test_read_bundled_bible_with_links():
-    from xner_ray.projection.corpus import ParallelSpec, read_corpus
+    from xner_ray.methods.projection.corpus import ParallelSpec, read_corpus
 
     spec = ParallelSpec(lang="es", path=str(sample_path()),
                         links=str(sample_path("bible.links.jsonl")), limit=5)
@@ -310,7 +310,7 @@ def test_read_bundled_bible_with_links():
 
 def test_links_with_a_wrong_id_reject_the_pair(tmp_path, ray_free_collector):
     from xner_ray.io import ParallelLengthError
-    from xner_ray.projection.corpus import ParallelSpec, check_corpus, read_corpus
+    from xner_ray.methods.projection.corpus import ParallelSpec, check_corpus, read_corpus
 
     (tmp_path / "c.en-es.en").write_text("God made Adam .\nAdam knew Eve .\n")
     (tmp_path / "c.en-es.es").write_text("Dios hizo á Adam .\nAdam conoció á Eva .\n")
@@ -357,7 +357,7 @@ def ray_free_collector(monkeypatch):
 
 
 def test_corpus_spec_validation():
-    from xner_ray.projection.corpus import ParallelSpec, parse_corpora
+    from xner_ray.methods.projection.corpus import ParallelSpec, parse_corpora
 
     with pytest.raises(ValueError, match="unknown corpus keys"):
         ParallelSpec.parse({"lang": "es", "path": "x", "dev_file": "y"})
@@ -372,7 +372,7 @@ def test_corpus_spec_validation():
 # -- stages on literal batches -------------------------------------------------------------------
 
 def _pair_table(rows):
-    from xner_ray.projection.corpus import PAIR_COLUMNS
+    from xner_ray.methods.projection.corpus import PAIR_COLUMNS
 
     return pa.Table.from_pylist([{"pair_id": f"p{i}", "lang": "es", "src_lang": "en", "ref": None,
                                   "source": "hand", "line": i + 1, "src_tokens": s.split(),
@@ -381,7 +381,7 @@ def _pair_table(rows):
 
 
 def test_source_ner_and_align_stages(tiny_teacher_dir, tiny_model_dir):
-    from xner_ray.projection.stages import AlignStage, SourceNerStage
+    from xner_ray.methods.projection.stages import AlignStage, SourceNerStage
     from xner_ray.store.schema import PROJECTION_STATUSES
 
     table = _pair_table([("John lives in Berlin", "Juan vive en Berlín"),
@@ -405,8 +405,8 @@ def test_source_ner_and_align_stages(tiny_teacher_dir, tiny_model_dir):
 
 
 def test_example_stage_on_bible_rows():
-    from xner_ray.projection.corpus import ParallelSpec, read_corpus
-    from xner_ray.projection.stages import EXAMPLE_COLUMNS, ExampleStage
+    from xner_ray.methods.projection.corpus import ParallelSpec, read_corpus
+    from xner_ray.methods.projection.stages import EXAMPLE_COLUMNS, ExampleStage
 
     spec = ParallelSpec(lang="es", path=str(sample_path()),
                         links=str(sample_path("bible.links.jsonl")), limit=40)
@@ -426,7 +426,7 @@ def test_example_stage_on_bible_rows():
 # -- the job config ------------------------------------------------------------------------------
 
 def _job(**kw):
-    from xner_ray.methods.project import ProjectConfig
+    from xner_ray.methods.projection.job import ProjectConfig
 
     base = dict(run_id="p", store="s", out="o", source_dev="d", teacher="t",
                 corpora=[{"lang": "es", "path": "x"}], aligner="similarity")
@@ -456,7 +456,7 @@ def test_project_config_validation():
 def test_export_projected_keeps_ok_rows_and_caps_entity_less(tmp_path):
     import pyarrow.parquet as pq
 
-    from xner_ray.methods.project import export_projected
+    from xner_ray.methods.projection.job import export_projected
     from xner_ray.store.schema import TABLES
 
     def row(pid, status, n_spans):

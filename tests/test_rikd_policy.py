@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from xner_ray.methods.rikd_policy import (Cached, Policy, RLSelector, StateEncoder, StateInputs,
+from xner_ray.methods.rikd.policy import (Cached, Policy, RLSelector, StateEncoder, StateInputs,
                                           delayed_reward, log_prob, reinforce_update,
                                           sample_actions, subbatch_kd_loss)
 from xner_ray.scores import agreement, f_conf

@@ -138,7 +138,7 @@ class TeacherStage:
     def _load_scorers(self, teachers: list[str], scorers: list[str]) -> None:
         """(teacher index or own model, discriminator) per scorer (AdvPicker Eq. 5)."""
         from xner_ray.models.classifier import load_token_classifier
-        from xner_ray.train.adversarial import load_discriminator
+        from xner_ray.models.discriminator import load_discriminator
 
         self.scorers = []
         for s in scorers:
@@ -193,7 +193,7 @@ class TeacherStage:
         import torch
 
         from xner_ray.scores import batch_lang_score
-        from xner_ray.train.adversarial import sentence_source_prob
+        from xner_ray.models.discriminator import sentence_source_prob
 
         out = np.zeros((len(self.scorers), len(pos)))
         for j, (model, disc) in enumerate(self.scorers):

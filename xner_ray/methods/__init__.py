@@ -1,1 +1,2 @@
-"""Method pieces from the papers that sit between models and training (e.g. teacher weighting)."""
+"""The papers' methods, one folder each: tsl, rikd, advpicker, projection (and calibrenet);
+``common`` holds what the distillation jobs share."""

@@ -82,6 +82,8 @@ def distill(cfg: DistillConfig) -> Path:
     """Train one student for ``cfg.lang`` on round ``cfg.round``; returns its folder."""
     import ray
 
+    from xner_ray.train.steps import KDStep
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "train_set.parquet"
@@ -93,7 +95,7 @@ def distill(cfg: DistillConfig) -> Path:
         raise ValueError(f"source dev tags {unknown} are not in the pseudo-labels' set {labels}")
     ds = ray.data.read_parquet(str(data), num_cpus=0.25)  # light reads beside the workers
     try:
-        return fit(cfg, loss="kd", labels=labels, dataset=ds, n_train=n, dev=dev,
+        return fit(cfg, step=KDStep, labels=labels, dataset=ds, n_train=n, dev=dev,
                    name=f"student-{cfg.lang}",
                    extra_summary={"source": {"run_id": cfg.run_id, "lang": cfg.lang,
                                              "round": cfg.round}})

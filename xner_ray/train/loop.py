@@ -89,16 +89,16 @@ def write_rejects(path: Path, rejects) -> None:
             f.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")
 
 
-def fit(cfg: TrainConfig, *, loss: str, labels: list[str], dataset, n_train: int,
+def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n_train: int,
         dev, name: str, extra_summary: Optional[dict] = None,
         step_args: Optional[dict] = None, artifacts_dir: Optional[str] = None,
         loop=None, extra_datasets: Optional[dict] = None) -> Path:
     """Run ``TorchTrainer`` with the shared loop; copy the best checkpoint to ``cfg.out``.
 
-    ``loss``: ``"ce"`` (gold ``tags``), ``"kd"`` (teacher ``probs`` + ``weight``) or ``"rikd"``
-    (KD with RIKD's reinforced selection; ``step_args`` configure it, see ``steps.RikdStep``),
-    ``"rw"`` (cross-entropy re-weighted by (1 + p_t)^gamma, ``steps.ReverseFocalStep``) or
-    ``"align"`` (the entity alignment model, ``steps.AlignStep``).
+    ``step``: the step class the loop builds on each worker as ``step(ctx, **step_args)``
+    (``steps.CEStep`` on gold ``tags``, ``steps.KDStep`` on teacher ``probs`` + ``weight``, or a
+    method's own: RIKD's ``RikdStep``, projection's ``ReverseFocalStep`` / ``AlignStep``); the
+    loop knows none of them by name. ``None`` only with ``loop``.
     ``dev``: source-language sentences with gold tags, scored by rank 0 after every epoch.
     ``artifacts_dir``: where steps write per-rank side outputs (RIKD decisions); it must be on
     storage every worker can reach, like Ray Train's own ``storage_path``.
@@ -123,7 +123,7 @@ def fit(cfg: TrainConfig, *, loss: str, labels: list[str], dataset, n_train: int
     # Per-epoch lines from rank 0 are the progress of a training run; Ray Data's ingest bars
     # (one per epoch, re-drawn every second) would drown them.
     dataset.context.enable_progress_bars = False
-    loop_cfg = dict(cfg=dataclasses.asdict(cfg), loss=loss, labels=labels,
+    loop_cfg = dict(cfg=dataclasses.asdict(cfg), step=step, labels=labels,
                     threads=res.torch_threads, n_train=n_train, step_args=step_args or {},
                     artifacts_dir=artifacts_dir,
                     dev_tokens=[s.tokens for s in dev], dev_tags=[s.tags for s in dev])
@@ -169,7 +169,7 @@ def train_loop(config: dict) -> None:
 
     from xner_ray.evaluate import predict_tags, score_tags
     from xner_ray.models.classifier import load_token_classifier, load_tokenizer
-    from xner_ray.train.steps import STEPS, StepContext
+    from xner_ray.train.steps import StepContext
 
     cfg = TrainConfig(**{f.name: config["cfg"][f.name] for f in dataclasses.fields(TrainConfig)})
     ctx = ray.train.get_context()
@@ -190,7 +190,7 @@ def train_loop(config: dict) -> None:
     sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total), total)
     step_ctx = StepContext(model, bare, tokenizer, params, optim, sched, device,
                            config["labels"], cfg.max_length, world, rank, cfg.kd_loss)
-    run_step = STEPS[config["loss"]](step_ctx, loss=config["loss"], **config.get("step_args", {}))
+    run_step = config["step"](step_ctx, **config.get("step_args", {}))
     shard = ray.train.get_dataset_shard("train")
     step = 0
     for epoch in range(cfg.epochs):

@@ -56,6 +56,8 @@ def train_teacher(cfg: TeacherConfig) -> Path:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     write_rejects(Path(cfg.out) / "rejects.jsonl", [*train_rej, *dev_rej])
     ds = ray.data.from_items([{"tokens": s.tokens, "tags": s.tags} for s in train])
-    return fit(cfg, loss="ce", labels=labels, dataset=ds, n_train=len(train), dev=dev,
+    from xner_ray.train.steps import CEStep
+
+    return fit(cfg, step=CEStep, labels=labels, dataset=ds, n_train=len(train), dev=dev,
                name="teacher", extra_summary={"rejects": {"train": dict(train_rej.counts),
                                                           "dev": dict(dev_rej.counts)}})

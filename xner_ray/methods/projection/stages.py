@@ -36,11 +36,11 @@ def make_aligner(spec: Mapping[str, Any], threads: Optional[int] = None,
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind == "similarity":
-        from xner_ray.projection.aligner import SimilarityAligner
+        from xner_ray.methods.projection.aligner import SimilarityAligner
 
         return SimilarityAligner(**spec, threads=threads, device=device)
     if kind == "model":
-        from xner_ray.projection.model import AlignmentModel
+        from xner_ray.methods.projection.model import AlignmentModel
 
         return AlignmentModel(spec.pop("path"), **spec, threads=threads, device=device)
     raise ValueError(f"unknown aligner kind {kind!r}; valid: {ALIGNERS}")
@@ -88,7 +88,7 @@ class AlignStage:
         self.aligner = make_aligner(aligner, threads=threads, device=device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from xner_ray.projection.filters import filter_pair, group_entities
+        from xner_ray.methods.projection.filters import filter_pair, group_entities
 
         src, tgt = _rows(batch, "src_tokens"), _rows(batch, "tgt_tokens")
         groups = [group_entities(s, [(e["start"], e["end"], e["type"]) for e in ents])
@@ -119,7 +119,7 @@ class ExampleStage:
     def __init__(self, *, sources: Sequence[str], similarity: Optional[Mapping[str, Any]] = None,
                  negative_ratio: float = 0.25, max_per_pair: int = 4, seed: int = 0,
                  device: Optional[str] = None, threads: Optional[int] = None):
-        from xner_ray.projection.examples import check_options
+        from xner_ray.methods.projection.examples import check_options
 
         check_options(sources, negative_ratio, max_per_pair)
         self.sources, self.negative_ratio = list(sources), negative_ratio
@@ -132,7 +132,7 @@ class ExampleStage:
                                         device=device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from xner_ray.projection.examples import PairForExamples, build_examples
+        from xner_ray.methods.projection.examples import PairForExamples, build_examples
 
         ids, src, tgt = _rows(batch, "pair_id"), _rows(batch, "src_tokens"), _rows(batch, "tgt_tokens")
         links = _rows(batch, "links") if "links" in batch.column_names else [None] * len(ids)

@@ -200,7 +200,7 @@ def _query_spans(src: Sequence[str]) -> list[tuple[int, int]]:
 
 def simalign_candidates(pair: PairForExamples) -> list[_Candidate]:
     """Queries whose aligned target words form exactly one contiguous span."""
-    from xner_ray.projection.aligner import spans_from_words
+    from xner_ray.methods.projection.aligner import spans_from_words
 
     if pair.alignment is None:
         return []

@@ -80,7 +80,7 @@ class AdvPickerConfig(JobConfig):
 def tladv_config(cfg: AdvPickerConfig, seed: int):
     """The TladvConfig of one seed's teacher."""
     from xner_ray import config as config_mod
-    from xner_ray.train.adversarial import TladvConfig
+    from xner_ray.methods.advpicker.tladv import TladvConfig
 
     values = dict(cfg.train_tladv or {})
     base = Path(values.pop("out", None) or Path(cfg.out) / "teachers")
@@ -94,7 +94,7 @@ def tladv_config(cfg: AdvPickerConfig, seed: int):
 def ensure_tladv_teachers(cfg: AdvPickerConfig) -> list[str]:
     """The K teacher folders: given ones (checked), or trained now -- a seed whose folder
     already holds a finished teacher (train_summary.json + discriminator) is reused."""
-    from xner_ray.train.adversarial import has_discriminator, train_tladv
+    from xner_ray.methods.advpicker.tladv import has_discriminator, train_tladv
 
     if cfg.teachers:
         missing = [t for t in cfg.teachers if not has_discriminator(t)]

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import pyarrow.compute as pc
 
-from xner_ray.projection.corpus import ParallelSpec, parse_corpora
+from xner_ray.methods.projection.corpus import ParallelSpec, parse_corpora
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ProjectionConfig:
     rows_per_file: int = field(default=100_000, metadata={"help": "Parquet rotation"})
 
     def __post_init__(self) -> None:
-        from xner_ray.projection.stages import ALIGNERS
+        from xner_ray.methods.projection.stages import ALIGNERS
 
         self.corpora = parse_corpora(self.corpora)
         if self.aligner.get("kind") not in ALIGNERS:
@@ -89,8 +89,8 @@ def build_dataset(cfg: ProjectionConfig, collector, corpora: list[ParallelSpec])
     import ray
     from ray.data import ActorPoolStrategy
 
-    from xner_ray.projection.corpus import make_datasource
-    from xner_ray.projection.stages import AlignStage, SourceNerStage
+    from xner_ray.methods.projection.corpus import make_datasource
+    from xner_ray.methods.projection.stages import AlignStage, SourceNerStage
 
     res = stage_resources(cfg.num_actors, cfg.use_gpu, cfg.threads, pools=2)
 
@@ -182,7 +182,7 @@ class ExampleConfig:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
     def __post_init__(self) -> None:
-        from xner_ray.projection.examples import check_options
+        from xner_ray.methods.projection.examples import check_options
 
         check_options(self.sources, self.negative_ratio, self.max_per_pair)
         if self.max_examples < 1 or (self.max_pairs is not None and self.max_pairs < 1):
@@ -203,8 +203,8 @@ def build_example_file(corpora: list[ParallelSpec], ex: ExampleConfig, dest: Pat
     from ray.data import ActorPoolStrategy
 
     from xner_ray.labeling.source import RejectCollector
-    from xner_ray.projection.corpus import make_datasource
-    from xner_ray.projection.stages import EXAMPLE_COLUMNS, ExampleStage
+    from xner_ray.methods.projection.corpus import make_datasource
+    from xner_ray.methods.projection.stages import EXAMPLE_COLUMNS, ExampleStage
 
     k: dict[str, Any] = {"block_rows": 64, "max_words": 2048, "batch_size": 32,
                          "max_length": 256, **(knobs or {})}

@@ -4,7 +4,7 @@ For each target language, K rounds: the round's teacher (the source teacher in r
 previous round's student after that) labels the target text through the labeling pipeline; a
 fresh student -- initialised from the pre-trained encoder, not from the teacher -- learns the
 soft labels with warm-up steps on everything and then reinforced instance selection (Algorithm 2,
-``train.steps.RikdStep``); the policy's decisions fill ``policy_p``/``selected`` of the round's
+``methods.rikd.step.RikdStep``); the policy's decisions fill ``policy_p``/``selected`` of the round's
 pseudo-labels; then the round commits and the student becomes the next teacher.
 
 A round is committed only after its student is trained, so a job killed in round k and
@@ -93,7 +93,9 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
 
     from xner_ray.labeling.pipeline import LabelConfig, open_rounds
     from xner_ray.train.distill import export_training_set
+    from xner_ray.methods.rikd.step import RikdStep
     from xner_ray.train.loop import fit
+    from xner_ray.train.steps import KDStep
 
     t0 = time.monotonic()
     student = _student_dir(cfg, target.lang, k)
@@ -110,7 +112,7 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
         n = export_training_set(files, data, selected_only=True)
         artifacts = student / "_policy"
         train_cfg = student_config(student, cfg.student)
-        fit(train_cfg, loss="rikd" if cfg.reinforce else "kd",
+        fit(train_cfg, step=RikdStep if cfg.reinforce else KDStep,
             labels=writer.labels, dataset=ray.data.read_parquet(str(data), num_cpus=0.25),
             n_train=n, dev=dev, name=f"{cfg.run_id}-{target.lang}-round{k}",
             # each round builds a fresh policy; its seed differs per round, else every round

@@ -37,34 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from xner_ray.models.discriminator import (  # noqa: F401  (re-exported)
+    DISCRIMINATOR_CONFIG, DISCRIMINATOR_VERSION, DISCRIMINATOR_WEIGHTS, SOURCE, TARGET,
+    LanguageDiscriminator, has_discriminator, load_discriminator, save_discriminator,
+    sentence_source_prob)
 from xner_ray.train.teacher import TeacherConfig
 
 logger = logging.getLogger(__name__)
-
-DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
-DISCRIMINATOR_CONFIG = "discriminator.json"
-DISCRIMINATOR_VERSION = "tladv_discriminator.v1"
-SOURCE, TARGET = 1.0, 0.0  # y^DIS: the discriminator's sigmoid is P(source) (Eq. 3)
-
-
-class LanguageDiscriminator(nn.Module):
-    """AdvPicker Eq. 3: P(source | h_i) = sigmoid(W_DIS1 ReLU(W_DIS2 h_i)) for every token.
-
-    ``forward`` returns the pre-sigmoid logits [B, S]; losses use the logits with a fused
-    log-sigmoid (the same BCE, numerically stable), probabilities are ``sigmoid(logits)``.
-    """
-
-    def __init__(self, input_dim: int, hidden_dim: int = 500):
-        super().__init__()
-        if input_dim < 1 or hidden_dim < 1:
-            raise ValueError(f"input_dim and hidden_dim must be >= 1, got {input_dim}, {hidden_dim}")
-        self.input_dim, self.hidden_dim = input_dim, hidden_dim
-        self.hidden = nn.Linear(input_dim, hidden_dim)  # W_DIS2
-        self.out = nn.Linear(hidden_dim, 1)  # W_DIS1, d_l = 1: one sigmoid output
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.hidden(h))).squeeze(-1)
-
 
 def language_bce(logits: torch.Tensor, mask: torch.Tensor, label: float) -> torch.Tensor:
     """-(1/N) sum_i log P(Y_i = label) over the N unmasked tokens (one term of Eq. 4)."""
@@ -73,46 +52,6 @@ def language_bce(logits: torch.Tensor, mask: torch.Tensor, label: float) -> torc
     per_token = nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(),
                                                                reduction="none")
     return (per_token * m).sum() / m.sum().clamp(min=1)
-
-
-def sentence_source_prob(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """AdvPicker Eq. 5 per sentence: the mean over its tokens of P(source | h_i) [B]."""
-    m = mask.to(torch.float32)
-    return (torch.sigmoid(logits.float()) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-
-
-def has_discriminator(folder: str | Path) -> bool:
-    return (Path(folder) / DISCRIMINATOR_WEIGHTS).is_file() and (
-        Path(folder) / DISCRIMINATOR_CONFIG).is_file()
-
-
-def save_discriminator(disc: LanguageDiscriminator, folder: str | Path, **meta: Any) -> None:
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    state = {k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()}
-    save_file(state, str(folder / DISCRIMINATOR_WEIGHTS))
-    (folder / DISCRIMINATOR_CONFIG).write_text(json.dumps({
-        "version": DISCRIMINATOR_VERSION, "input_dim": disc.input_dim,
-        "hidden_dim": disc.hidden_dim, "output": "sigmoid = P(source language) per token",
-        **meta}, indent=2))
-
-
-def load_discriminator(folder: str | Path) -> LanguageDiscriminator:
-    """The discriminator saved next to a TLADV teacher (safetensors only)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    if not has_discriminator(folder):
-        raise ValueError(f"{folder} holds no language discriminator ({DISCRIMINATOR_WEIGHTS} + "
-                         f"{DISCRIMINATOR_CONFIG}): train it with TLADV (jobs/advpicker.py)")
-    meta = json.loads((folder / DISCRIMINATOR_CONFIG).read_text())
-    if meta.get("version") != DISCRIMINATOR_VERSION:
-        raise ValueError(f"{folder}/{DISCRIMINATOR_CONFIG}: version {meta.get('version')!r}, "
-                         f"expected {DISCRIMINATOR_VERSION!r}")
-    disc = LanguageDiscriminator(int(meta["input_dim"]), int(meta["hidden_dim"]))
-    disc.load_state_dict(load_file(str(folder / DISCRIMINATOR_WEIGHTS)))
-    return disc.eval()
 
 
 class TladvModel(nn.Module):
@@ -340,7 +279,7 @@ def train_tladv(cfg: TladvConfig) -> Path:
           flush=True)
     source_ds = ray.data.from_items([{"tokens": s.tokens, "tags": s.tags} for s in train])
     target_ds = ray.data.from_items([{"tokens": t} for t in target])
-    return fit(cfg, loss="tladv", labels=labels, dataset=source_ds, n_train=len(train), dev=dev,
+    return fit(cfg, step=None, labels=labels, dataset=source_ds, n_train=len(train), dev=dev,
                name=f"tladv-seed{cfg.seed}", loop=tladv_loop,
                extra_datasets={"target": target_ds},
                extra_summary={"n_target": per_lang,

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from xner_ray.projection.filters import MappedEntity, TargetSpan
+from xner_ray.methods.projection.filters import MappedEntity, TargetSpan
 
 METHODS = ("argmax", "itermax")
 

@@ -73,7 +73,7 @@ def _sample(spec: str, lang: str, n: int, fmt: str = "auto") -> list[list[str]]:
 
 def teacher_weights_for(cfg: TslConfig, target: TargetSpec) -> tuple[dict, dict]:
     """alpha_k per teacher language for one target (Eq. 7, or Eq. 8-11)."""
-    from xner_ray.methods.langsim import SentenceEncoder, similarity_weights, uniform_weights
+    from xner_ray.methods.tsl.langsim import SentenceEncoder, similarity_weights, uniform_weights
 
     langs = [t["lang"] for t in cfg.teachers]
     if cfg.weighting == "uniform" or len(langs) == 1:

@@ -3,7 +3,8 @@ as segment A and the target sentence as segment B, and tags the target words tha
 entity -- token classification over segment B, labels ``O``/``B-ALN``/``I-ALN`` on the first
 sub-word of each target word (``-100`` on the query, specials and later sub-words).
 
-Training runs on Ray Train through the shared loop (``loss="align"``, ``steps.AlignStep``),
+Training runs on Ray Train through the shared loop (``fit(step=AlignStep)``,
+``methods/projection/steps.py``),
 model selection on held-out alignment examples (span F1); Sec. 4.2 trains 3 epochs, batch 64,
 lr 5e-5. Inference: :class:`AlignmentModel` decodes BIO-valid spans with Viterbi and scores
 each span by the mean probability of its tags.
@@ -20,8 +21,8 @@ import pyarrow as pa
 import torch
 
 from xner_ray.models.classifier import first_subwords, length_buckets, max_tokens
-from xner_ray.projection.examples import ALIGN_LABELS
-from xner_ray.projection.filters import TargetSpan
+from xner_ray.methods.projection.examples import ALIGN_LABELS
+from xner_ray.methods.projection.filters import TargetSpan
 
 
 @dataclass
@@ -166,7 +167,9 @@ def train_aligner(cfg, examples: Path, *, dev_share: float = 0.1, max_dev: int =
     pq.write_table(train.select(["query", "tokens", "tags"]), train_path)
     dev_rows = dev.to_pylist()
     try:
-        return fit(cfg, loss="align", labels=ALIGN_LABELS,
+        from xner_ray.methods.projection.steps import AlignStep
+
+        return fit(cfg, step=AlignStep, labels=ALIGN_LABELS,
                    dataset=ray.data.read_parquet(str(train_path), num_cpus=0.25),
                    n_train=train.num_rows, name=name,
                    dev=[Sentence(tokens=r["tokens"], tags=r["tags"]) for r in dev_rows],

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from xner_ray.methods.common import ensure_teacher, run_recorded, write_json
-from xner_ray.projection.corpus import parse_corpora
+from xner_ray.methods.projection.corpus import parse_corpora
 
 ALIGNERS = ("similarity", "model")
 SIMILARITY_KEYS = ("model", "layer", "method", "max_gap")
@@ -83,8 +83,8 @@ class ProjectConfig:
                                                "threads, use_gpu, rows_per_file"})
 
     def __post_init__(self) -> None:
-        from xner_ray.projection.aligner import METHODS
-        from xner_ray.projection.pipeline import KNOBS
+        from xner_ray.methods.projection.aligner import METHODS
+        from xner_ray.methods.projection.pipeline import KNOBS
 
         self.corpora = parse_corpora(self.corpora)
         if self.aligner not in ALIGNERS:
@@ -138,7 +138,7 @@ def target_config(cfg: ProjectConfig, out: Path, teacher: str):
 def aligner_configs(cfg: ProjectConfig):
     """(TrainConfig of the alignment model, ExampleConfig of its examples)."""
     from xner_ray import config as config_mod
-    from xner_ray.projection.pipeline import ExampleConfig
+    from xner_ray.methods.projection.pipeline import ExampleConfig
     from xner_ray.train.loop import TrainConfig
 
     values = {**ALIGNER_DEFAULTS, "out": str(Path(cfg.out) / "aligner"),
@@ -152,7 +152,7 @@ def run_project(cfg: ProjectConfig) -> dict:
     """Run (or resume) the job; returns {"aligner": ..., "languages": {lang: summary}}."""
 
     def body(store) -> dict:
-        from xner_ray.projection.pipeline import ProjectionConfig, project
+        from xner_ray.methods.projection.pipeline import ProjectionConfig, project
 
         teacher = local_abs(ensure_teacher(cfg.teacher, cfg.train_teacher))
         aligner, aligner_info = _aligner(cfg)
@@ -178,8 +178,8 @@ def _aligner(cfg: ProjectConfig) -> tuple[dict, dict]:
 
 
 def _train_aligner(cfg: ProjectConfig) -> tuple[str, dict]:
-    from xner_ray.projection.model import train_aligner
-    from xner_ray.projection.pipeline import build_example_file
+    from xner_ray.methods.projection.model import train_aligner
+    from xner_ray.methods.projection.pipeline import build_example_file
 
     train_cfg, ex = aligner_configs(cfg)
     out = Path(train_cfg.out)
@@ -258,6 +258,7 @@ def train_target(cfg: ProjectConfig, store, corpus, teacher: str, out: Path) -> 
     import ray
 
     from xner_ray.models.classifier import model_labels
+    from xner_ray.methods.projection.steps import ReverseFocalStep
     from xner_ray.train.loop import fit, read_labeled
 
     manifest = store.manifest(cfg.run_id, corpus.lang, 0)
@@ -268,7 +269,7 @@ def train_target(cfg: ProjectConfig, store, corpus, teacher: str, out: Path) -> 
     dev, _ = read_labeled(cfg.source_dev, "source dev")
     train_cfg = target_config(cfg, out, teacher)
     try:
-        fit(train_cfg, loss="rw", labels=model_labels(teacher),
+        fit(train_cfg, step=ReverseFocalStep, labels=model_labels(teacher),
             n_train=kept["with_entities"] + kept["empty"],
             dataset=ray.data.read_parquet(str(data), num_cpus=0.25),
             dev=dev, name=f"{cfg.run_id}-{corpus.lang}", step_args={"gamma": cfg.gamma},
