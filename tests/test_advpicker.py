@@ -142,7 +142,7 @@ def test_l_score_and_top_rho_on_known_probabilities():
     assert out.column("selected").to_pylist() == [True] * 5 + [False] * 2
 
 
-def test_union_of_seed_selections_and_rewrite_by_sent_id():
+def test_union_of_seed_selections_and_the_default_keeps_exactly_rho():
     ids = ["a", "b", "c", "d", "e"]
     per_seed = [[1.0, 0.6], [0.9, 0.7], [0.8, 0.8], [0.7, 0.9], [0.6, 1.0]]
     table = pa.table({"sent_id": ids, "lang_scores": per_seed,
@@ -150,22 +150,42 @@ def test_union_of_seed_selections_and_rewrite_by_sent_id():
     # rho 0.4 of 5 -> 2 per seed: {a, b} by seed 0, {e, d} by seed 1; c is in neither
     sel = LangScoreTopRho(0.4, "union").fit(table)
     assert sel(table).column("selected").to_pylist() == [True, True, False, True, True]
-    # the round's files no longer carry lang_scores: decisions are looked up by sent_id
-    files = pa.table({"sent_id": ["e", "c"]})
-    assert sel(files).column("selected").to_pylist() == [True, False]
-    with pytest.raises(ValueError, match="never saw"):
-        sel(pa.table({"sent_id": ["zz"]}))
-    # chosen: rank the stored score alone -> exactly floor(rho * n)
-    chosen = LangScoreTopRho(0.4, "chosen").select(table)
+    assert sel.cutoffs == [("at", -0.9, "b"), ("at", -0.9, "d")]
+    # no per-row memory: deciding needs the per-seed scores themselves (never stored)
+    with pytest.raises(ValueError, match="needs column 'lang_scores'"):
+        sel(pa.table({"sent_id": ["e", "c"]}))
+    # the default (AdvPicker 3.2 / Table 5): one ranking of the stored score, exactly
+    # floor(rho * n) -- and it decides the round's stored files (lang_score, sent_id) alone
+    default = LangScoreTopRho(0.4)
+    assert default.combine == "chosen" and default.rank_columns == ("lang_score",)
+    chosen = default.select(table)
     assert chosen.column("selected").to_pylist() == [False, True, False, False, True]
+    files = pa.table({"sent_id": ["e", "c"], "lang_score": [1.0, 0.8]})
+    assert default(files).column("selected").to_pylist() == [True, False]
     with pytest.raises(RuntimeError, match="call fit"):
         LangScoreTopRho(0.4)(files)
+
+
+@pytest.mark.parametrize("n, k", [(1000, 3), (12167, 5), (8405, 5), (15836, 5)])
+def test_default_keeps_exactly_floor_rho_n_where_union_keeps_more(n, k):
+    """AdvPicker Table 5's counts are floor(0.8 n) (de 9,733 / 12,167; es 6,724 / 8,405;
+    nl 12,668 / 15,836); with K independent-ish seed scores the union keeps far more."""
+    rng = np.random.default_rng(n)
+    scores = rng.uniform(0.5, 1.0, size=(n, k))
+    ids = [f"{i:06d}" for i in range(n)]
+    table = pa.table({"sent_id": ids, "lang_scores": scores.tolist(),
+                      "lang_score": scores[np.arange(n), rng.integers(0, k, n)]})
+    kept = sum(LangScoreTopRho(0.8).select(table).column("selected").to_pylist())
+    assert kept == math.floor(0.8 * n)
+    union = sum(LangScoreTopRho(0.8, "union").select(table).column("selected").to_pylist())
+    assert union > 0.9 * n
 
 
 def test_lang_score_selector_specs_and_config_checks():
     from xner_ray.labeling.pipeline import LabelConfig
 
-    assert make_selector("lang_score") == LangScoreTopRho(0.8, "union")
+    assert make_selector("lang_score") == LangScoreTopRho(0.8, "chosen")
+    assert make_selector("lang_score:0.8:union") == LangScoreTopRho(0.8, "union")
     assert make_selector("lang_score:0.5:chosen") == LangScoreTopRho(0.5, "chosen")
     assert make_selector({"name": "lang_score.v1", "rho": "0.7"}) == LangScoreTopRho(0.7)
     with pytest.raises(ValueError, match="combine must be one of"):
@@ -327,7 +347,9 @@ def test_advpicker_job_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_pa
         assert summary["best"]["step"] <= 6 and summary["n_target"] == {"de": 300}
         assert {"dis_acc", "enc_loss", "dis_loss"} <= set(summary["best"])
         assert evaluate_model(str(t), str(sample_path("de.dev.txt")))["n_sentences"] == 300
-    assert result["sentences"] == 300 and 240 <= result["selected"] < 300
+    # exactly the top rho = 0.8 (AdvPicker 3.2): floor(0.8 * 300)
+    assert (result["sentences"], result["selected"], result["kept_share"]) == (300, 240, 0.8)
+    assert result["combine"] == "chosen"
     assert result["target_dev"]["n_sentences"] == 300
     assert result["target_dev_ensemble"]["n_sentences"] == 300
     assert (tmp_path / "out" / "de" / "model.safetensors").exists()
@@ -365,6 +387,20 @@ def test_label_config_of_the_job(tmp_path):
     assert [(i.path, i.lang, i.fmt, i.gold) for i in lc.inputs] == [("nl.txt", "nl", "conll",
                                                                        True)]
     assert (lc.run_id, lc.round, lc.batch_size) == ("a", 0, 8)
+    # by default the job keeps exactly the top rho (the paper's rule), not the union
+    default = AdvPickerConfig(run_id="a", store="s", out=str(tmp_path), source_dev="en.dev",
+                              teachers=["t5"], targets=[{"lang": "de", "unlabeled": "de.txt"}])
+    assert default.combine == "chosen" and default.rho == 0.8
+    assert make_selector(label_config(default, ["t5", "t6"], default.targets).selector) == \
+        LangScoreTopRho(0.8, "chosen")
+
+
+def test_kept_share_of_a_round():
+    from xner_ray.methods.advpicker.job import kept_share
+
+    assert kept_share({"sentences": 300, "selected": 240}) == 0.8
+    assert kept_share({"sentences": 7, "selected": 5}) == 0.7143
+    assert kept_share({"sentences": 0, "selected": 0}) == 0.0
 
 
 def test_bad_advpicker_configs_fail_before_any_work(tmp_path, capsys):
@@ -417,7 +453,7 @@ def test_lang_score_selection_inside_a_rikd_round(ray_cluster, tiny_model_dir, t
     reached = {r[0] for r in rows if r[2] is not None}
     assert reached and reached <= top and len(reached) == res["decided_instances"]
     assert {r[0] for r in rows if r[3]} <= reached
-    assert {r[4] for r in rows} == {"lang_score.v1(rho=0.5,combine=union)+rikd_policy.v1"}
+    assert {r[4] for r in rows} == {"lang_score.v1(rho=0.5,combine=chosen)+rikd_policy.v1"}
     with pytest.raises(ValueError, match="give `lang_scorers`"):
         RikdConfig(run_id="r", store="s", out="o", source_dev="d", teacher="t",
                    selector="lang_score", targets=[{"lang": "de", "unlabeled": "u"}])

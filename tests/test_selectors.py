@@ -153,3 +153,98 @@ def test_plugin_row_selector_fits_the_interface():
         sel._REGISTRY.pop("test_policy.v1", None)
     with pytest.raises(ValueError, match="versioned name"):
         register_selector(type("Bad", (KeepAll,), {"name": "bad"}))
+
+
+# -- set selectors without per-row state: rank keys + cutoffs ----------------------------------
+
+def _reference_top(scores: np.ndarray, ids: np.ndarray, rho: float) -> np.ndarray:
+    """The rule written out: sort by (score desc, NaN last, sent_id asc), keep the first
+    floor(rho * n) positions."""
+    n = len(ids)
+    k = int(np.floor(rho * n + 1e-9))
+    order = sorted(range(n), key=lambda i: (np.isnan(scores[i]),
+                                            0.0 if np.isnan(scores[i]) else -scores[i], ids[i]))
+    keep = np.zeros(n, dtype=bool)
+    keep[order[:k]] = True
+    return keep
+
+
+def _random_set(rng, n: int, k: int) -> pa.Table:
+    """Scores from a few distinct values (many ties), some nulls, shuffled ids."""
+    vals = rng.choice([0.1, 0.5, 0.5, 0.7, 0.9, np.nan], size=(n, k))
+    ids = [f"s{i:03d}" for i in rng.permutation(n)]
+    return pa.table({"sent_id": ids,
+                     "lang_score": pa.array(vals[:, 0], pa.float64(), mask=np.isnan(vals[:, 0])),
+                     "lang_scores": [[None if np.isnan(v) else float(v) for v in row]
+                                     for row in vals]})
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.8, 1.0])
+def test_fit_equals_cutoffs_from_keys_and_matches_the_rule(seed, rho):
+    from xner_ray.selectors import LangScoreTopRho, cutoffs_from_keys
+
+    rng = np.random.default_rng(seed)
+    t = _random_set(rng, int(rng.integers(1, 40)), 3)
+    ids = np.asarray(t.column("sent_id").to_pylist())
+    scores = np.array(t.column("lang_scores").to_pylist(), dtype=float)
+    for s in (TopRho("lang_score", rho), LangScoreTopRho(rho, "chosen"),
+              LangScoreTopRho(rho, "union")):
+        assert s.rho == rho and s.scope == "set"
+        fitted = s.fit(t)
+        keys, got_ids = s.batch_keys(t)
+        assert keys.dtype == np.float64 and keys.shape == (
+            len(ids), 3 if getattr(s, "combine", "") == "union" else 1)
+        assert np.isinf(keys[np.isnan(scores[:, :keys.shape[1]])]).all()  # null -> +inf
+        assert fitted.cutoffs == cutoffs_from_keys(keys, got_ids, rho)
+        keep = np.asarray(s(t).column("selected").to_pylist())
+        # today's rule: the top floor(rho n) per ranking, the union of them over rankings
+        want = np.zeros(len(ids), dtype=bool)
+        for j in range(keys.shape[1]):
+            want |= _reference_top(scores[:, j], ids, rho)
+        np.testing.assert_array_equal(keep, want)
+        if keys.shape[1] == 1:
+            assert keep.sum() == int(np.floor(rho * len(ids) + 1e-9))
+
+
+def test_cutoffs_decide_any_batch_in_any_order_on_a_fresh_selector():
+    """The distributed path: cutoffs found elsewhere, set on a new selector, batches decided
+    independently -- no per-row state."""
+    from xner_ray.selectors import LangScoreTopRho
+
+    t = _random_set(np.random.default_rng(7), 50, 4)
+    for combine in ("chosen", "union"):
+        whole = LangScoreTopRho(0.6, combine).select(t).column("selected").to_pylist()
+        cut = LangScoreTopRho(0.6, combine).fit(t).cutoffs
+        fresh = LangScoreTopRho(0.6, combine).set_cutoffs(cut)
+        assert not hasattr(fresh, "_decided") and fresh == LangScoreTopRho(0.6, combine)
+        parts = {i: fresh(t.slice(i, 7)) for i in (42, 0, 21, 7, 35, 14, 28, 49)}
+        got = sum((parts[i].column("selected").to_pylist() for i in sorted(parts)), [])
+        assert got == whole
+        dict_batch = {"sent_id": np.asarray(t.column("sent_id").to_pylist()),
+                      "lang_score": t.column("lang_score").to_numpy(zero_copy_only=False),
+                      "lang_scores": np.array([np.array(r, dtype=float)
+                                               for r in t.column("lang_scores").to_pylist()],
+                                              dtype=float)}
+        assert fresh(dict_batch)["selected"].tolist() == whole
+
+
+def test_cutoff_edges_and_checks():
+    from xner_ray.selectors import cutoffs_from_keys, keep_from_cutoffs
+
+    keys = np.array([[0.1], [np.inf], [0.1], [-1.0]])
+    ids = np.array(["d", "a", "c", "b"])
+    assert cutoffs_from_keys(keys, ids, 1.0) == [("all",)]
+    assert cutoffs_from_keys(keys, ids, 0.2) == [("none",)]
+    assert cutoffs_from_keys(keys, ids, 0.5) == [("at", 0.1, "c")]  # b, then c before d
+    assert cutoffs_from_keys(keys, ids, 0.75) == [("at", 0.1, "d")]
+    assert keep_from_cutoffs(keys, ids, [("at", 0.1, "c")])[:, 0].tolist() == [
+        False, False, True, True]
+    assert cutoffs_from_keys(np.zeros((0, 2)), np.array([], dtype=str), 0.5) == [("all",)] * 2
+    s = TopRho("x", 0.5)
+    with pytest.raises(ValueError, match="cutoff is"):
+        s.set_cutoffs([("at", 1.0)])
+    with pytest.raises(ValueError, match="1 rankings but 2 cutoffs"):
+        s.set_cutoffs([("all",), ("none",)]).decide({"x": np.zeros(2), "sent_id": ids[:2]})
+    assert s.set_cutoffs([["at", 0, "b"]]).cutoffs == [("at", 0.0, "b")]  # JSON round trip
+    assert s.rank_columns == ("x",)

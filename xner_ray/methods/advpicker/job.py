@@ -5,8 +5,10 @@
 2. Each target's unlabeled text streams through the labeling pipeline with the K teachers as a
    seed ensemble: per sentence the soft labels of the teacher with the highest summed label
    confidence are kept (4.1), every teacher's discriminator gives l_score (Eq. 5-6), and the
-   ``lang_score`` selector keeps the top rho (0.8) -- the union over seeds, or the kept seed's
-   score alone (``combine``). ``lang_score``/``selected`` land in the store.
+   ``lang_score`` selector keeps exactly the top rho (0.8) of the sentences, ranked by the kept
+   seed's l_score (``combine: chosen``, the paper's rule: AdvPicker 3.2, Table 5's counts are
+   floor(0.8 n)); ``combine: union`` (any seed's own top rho) is an option that keeps more.
+   ``lang_score``/``selected`` land in the store; the summary says what share was kept.
 3. A student per target, initialised from the pre-trained encoder, learns the selected soft
    labels with the token-level MSE (Eq. 8, the existing distillation) and is selected on
    source dev; predictions are Viterbi-decoded (BIO-valid).
@@ -26,7 +28,7 @@ from typing import Optional, Sequence
 from xner_ray.methods.common import (JobConfig, TargetSpec, run_recorded, student_config,
                                      target_scores, write_json)
 
-COMBINE = ("union", "chosen")
+COMBINE = ("chosen", "union")
 JOB_SET_KEYS = ("seed", "unlabeled")  # the job fills these in `train_tladv`
 
 
@@ -45,9 +47,11 @@ class AdvPickerConfig(JobConfig):
         "help": "one TLADV teacher per seed (paper: 5 seeds)"})
     rho: float = field(default=0.8, metadata={"help": "share of target sentences kept by "
                                                       "l_score (AdvPicker 3.2, paper 0.8)"})
-    combine: str = field(default="union", metadata={
-        "help": "union: a sentence is kept when any seed's discriminator ranks it in its top "
-                "rho | chosen: rank by the score of the seed whose soft labels are kept"})
+    combine: str = field(default="chosen", metadata={
+        "help": "chosen (paper, AdvPicker 3.2/4.1): exactly floor(rho * n) sentences, ranked "
+                "by the l_score of the seed whose soft labels are kept | union: a sentence is "
+                "kept when any seed's discriminator ranks it in its own top rho (keeps more "
+                "than rho)"})
     gold_eval: bool = field(default=False, metadata={
         "help": "keep the target files' tags as sentences.gold_tags to measure pseudo-label "
                 "quality (sql/pseudo_label_prf.sql); never used for training or selection"})
@@ -159,6 +163,7 @@ def _distill_target(cfg: AdvPickerConfig, store, teachers: list[str], target: Ta
                           dev=cfg.source_dev, selected_only=True))
     summary = {"teachers": teachers, "rho": cfg.rho, "combine": cfg.combine,
                "sentences": counts["sentences"], "selected": counts["selected"],
+               "kept_share": kept_share(counts),
                "student": str(student),
                "source_dev_f1": json.loads((student / "train_summary.json").read_text())
                ["best"]["dev_f1"],
@@ -168,10 +173,16 @@ def _distill_target(cfg: AdvPickerConfig, store, teachers: list[str], target: Ta
     store.update_run(cfg.run_id, round=0, metrics={target.lang: summary})
     write_json(done, summary)
     dev_f1 = (summary["target_dev"] or {}).get("f1")
-    print(f"[advpicker] {target.lang}: {counts['selected']}/{counts['sentences']} selected"
+    print(f"[advpicker] {target.lang}: {counts['selected']}/{counts['sentences']} selected "
+          f"({summary['kept_share']:.1%} kept, rho {cfg.rho}, {cfg.combine})"
           + (f", target dev F1 {dev_f1:.4f} (report only)" if dev_f1 is not None else ""),
           flush=True)
     return summary
+
+
+def kept_share(counts: dict) -> float:
+    """selected / sentences of a labeling round (0 for an empty round), rounded to 4 places."""
+    return round(counts["selected"] / counts["sentences"], 4) if counts["sentences"] else 0.0
 
 
 def ensemble_predict(teachers: Sequence[str], words: Sequence[Sequence[str]], *,
