@@ -103,3 +103,36 @@ def test_kd_loss_config_is_checked():
     assert TrainConfig(out="x", kd_loss="kl").kd_loss == "kl"
     with pytest.raises(ValueError, match="kd_loss"):
         TrainConfig(out="x", kd_loss="ce")
+
+
+# -- the re-weighted loss of the projection paper (Li et al. Sec. 4.3) -------------------------
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 4.0])
+def test_reweighted_loss_gradient_raises_the_label_for_every_p_t(gamma):
+    """(1 + p_t)^gamma is a constant weight on top of cross-entropy: dLoss/dlogit_t < 0 for the
+    true class at every p_t in (0, 1), so a step always raises p_t (differentiated through the
+    weight, gamma 4 pushes p_t down for p_t in about (0.16, 0.44))."""
+    from xner_ray.train.losses import reverse_focal_loss
+
+    p_t = torch.linspace(0.005, 0.995, 199)
+    # 3 classes: the label gets p_t, the two others share the rest
+    probs = torch.stack([p_t, (1 - p_t) / 2, (1 - p_t) / 2], dim=-1)
+    logits = probs.log().unsqueeze(0).clone().requires_grad_(True)  # [1, 199, 3]
+    labels = torch.zeros(1, len(p_t), dtype=torch.long)
+    reverse_focal_loss(logits, labels, gamma).backward()
+    g = logits.grad[0]
+    assert (g[:, 0] < 0).all(), p_t[g[:, 0] >= 0]
+    # per token: weight * (p_t - 1) / N, the cross-entropy gradient times the constant weight
+    want = (1 + p_t) ** gamma * (p_t - 1) / len(p_t)
+    torch.testing.assert_close(g[:, 0], want, rtol=1e-4, atol=1e-7)
+
+
+def test_reweighted_loss_weight_is_detached_but_value_unchanged():
+    from xner_ray.train.losses import reverse_focal_loss
+
+    logits = torch.log(torch.tensor([[[0.3, 0.7]]])).requires_grad_(True)
+    loss = reverse_focal_loss(logits, torch.tensor([[0]]), 4.0)
+    assert loss.item() == pytest.approx(-(1.3 ** 4) * np.log(0.3), rel=1e-5)
+    loss.backward()
+    # differentiated through the weight the gradient would be positive at p_t = 0.3
+    assert logits.grad[0, 0, 0].item() == pytest.approx(1.3 ** 4 * (0.3 - 1), rel=1e-5)

@@ -12,7 +12,8 @@ from xner_ray.train.steps import StepContext, SupervisedStep, _words
 
 class ReverseFocalStep(SupervisedStep):
     """Cross-entropy on (projected) tags re-weighted by ``(1 + p_t)^gamma`` (Li et al. Sec. 4.3,
-    paper gamma 4; gamma 0 is plain cross-entropy): ``fit(step=ReverseFocalStep, step_args={"gamma": g})``."""
+    paper gamma 4; gamma 0 is plain cross-entropy), the weight a detached per-token constant
+    (``losses.reverse_focal_loss``): ``fit(step=ReverseFocalStep, step_args={"gamma": g})``."""
 
     def __init__(self, ctx: StepContext, gamma: float = 4.0, **_: Any):
         self.ctx, self.gamma = ctx, float(gamma)
