@@ -42,7 +42,8 @@ import pyarrow as pa
 from xner_ray.store import schema as S
 from xner_ray.store.store import Store
 
-VIEWS = ("sentences", "pseudo_labels", "runs", "rejects", "projections")
+VIEWS = ("sentences", "pseudo_labels", "runs", "rejects", "projections", "decisions")
+DECIDED = ("policy_p", "selected", "selector", "weight")  # what a decisions row overrides
 FORMATS = ("table", "csv", "json")
 DESCRIPTION = ("Query the store with DuckDB. Views: sentences, pseudo_labels, runs, rejects, "
                "projections; macro bio_spans(tags); question files in sql/.")
@@ -89,13 +90,25 @@ def duckdb_type(t: pa.DataType) -> str:
     return simple[t]
 
 
-def _view_sql(table: str) -> str:
+def overlay_sql(labels: str, decisions: str) -> str:
+    """``pseudo_labels`` as readers see it: the written rows with the round's later decisions
+    (whole-set selection, RIKD's policy) laid over them by (run, lang, round, sent_id)."""
+    keys = ("run_id", "lang", "round", "sent_id")
+    on = " AND ".join(f"p.{k} = d.{k}" for k in keys)
+    repl = ",\n    ".join(f"CASE WHEN d.sent_id IS NULL THEN p.{c} ELSE d.{c} END AS {c}"
+                          for c in DECIDED)
+    return (f"CREATE OR REPLACE VIEW pseudo_labels AS\nSELECT p.* REPLACE (\n    {repl})\n"
+            f"FROM {labels} p\nLEFT JOIN (SELECT DISTINCT ON ({', '.join(keys)}) "
+            f"{', '.join(keys + DECIDED)}\n  FROM {decisions}) d\n  ON {on};")
+
+
+def _view_sql(table: str, name: Optional[str] = None) -> str:
     spec = S.TABLES[table]
     typed = ",\n    ".join(f'NULL::{duckdb_type(f.type)} AS "{f.name}"' for f in spec.schema)
     glob = "/".join([table] + ["*"] * len(spec.partition_cols) + ["*.parquet"])
     hive = ", ".join(f"'{c}': {duckdb_type(spec.schema.field(c).type)}"
                      for c in spec.partition_cols)
-    return (f"CREATE OR REPLACE VIEW {table} AS\nSELECT COLUMNS(lambda c: c <> 'empty') FROM (\n"
+    return (f"CREATE OR REPLACE VIEW {name or table} AS\nSELECT COLUMNS(lambda c: c <> 'empty') FROM (\n"
             f"  SELECT\n    {typed}\n  WHERE false\n  UNION ALL BY NAME\n"
             f"  SELECT * FROM read_parquet(getvariable('store') || '/{glob}',\n"
             f"    hive_partitioning = true, union_by_name = true, allow_empty = true,\n"
@@ -110,7 +123,10 @@ def views_sql() -> str:
             "-- Reads every partition on disk; `xner sql` (read-only) shows complete rounds only.\n"
             "SET VARIABLE store = coalesce(getvariable('store'),\n"
             "  error('first: SET VARIABLE store = ''/path/to/store'';'));\n\n")
-    return head + BIO_SPANS_MACRO + "\n\n" + "\n\n".join(_view_sql(t) for t in VIEWS) + "\n"
+    views = [_view_sql(t, "_pseudo_labels_written" if t == "pseudo_labels" else None)
+             for t in VIEWS]
+    views.append(overlay_sql("_pseudo_labels_written", "decisions"))
+    return head + BIO_SPANS_MACRO + "\n\n" + "\n\n".join(views) + "\n"
 
 
 def connect(store_root: Union[str, os.PathLike, Store],
@@ -127,7 +143,9 @@ def connect(store_root: Union[str, os.PathLike, Store],
         return con
     for table in VIEWS:
         con.register(f"_arrow_{table}", store.dataset(table))
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _arrow_{table}")
+        if table != "pseudo_labels":
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _arrow_{table}")
+    con.execute(overlay_sql("_arrow_pseudo_labels", "_arrow_decisions"))
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
@@ -139,7 +157,15 @@ def _run_script(con: duckdb.DuckDBPyConnection, sql: str) -> Optional[pa.Table]:
     if not statements:
         raise ValueError("no SQL statement to run")
     for st in statements[:-1]:
+        # A SELECT before the last statement: run it to its end, rows discarded (an
+        # unfinished result would block the next statement on this connection).
         con.execute(st.query)
+        complete = getattr(con, "complete", None)  # duckdb >= 2.0
+        if complete is not None:
+            complete()
+        else:
+            while con.fetchmany(65_536):
+                pass
     rel = con.sql(statements[-1].query)
     return None if rel is None else rel.to_arrow_table()
 
@@ -242,8 +268,36 @@ def shell(con: duckdb.DuckDBPyConnection, stdin: TextIO, stdout: TextIO, fmt: st
             buf = []
 
 
+STORE_ENTRIES = ("_manifests", "runs", "_tmp") + VIEWS
+
+
+def check_store(root: Union[str, os.PathLike]) -> None:
+    """A local store path must exist (a mistyped one must not read as an empty store), and a
+    folder with other things in it must look like a store. URIs (``s3://...``) are not
+    checked here: the store reads them as they are."""
+    from xner_ray.config import ConfigError
+
+    text = os.fspath(root)
+    if "://" in text and not text.startswith("file://"):
+        return
+    path = Path(text[len("file://"):] if text.startswith("file://") else text)
+    if not path.exists():
+        hint = next((f"; did you mean {c}?" for c in (path.parent / "store",) if c.is_dir()
+                     and c != path), "")
+        raise ConfigError(f"store {text} does not exist{hint}")
+    if not path.is_dir():
+        raise ConfigError(f"store {text} is not a folder")
+    names = {p.name for p in path.iterdir()}
+    if names and not names & set(STORE_ENTRIES):
+        inner = path / "store"
+        hint = f"; did you mean {inner}?" if inner.is_dir() else ""
+        raise ConfigError(f"{text} is not a store (none of {', '.join(STORE_ENTRIES[:3])}, "
+                          f"sentences/ ... in it){hint}")
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     """Handler of ``xner sql``."""
+    check_store(args.store)
     con = connect(args.store, read_only=not args.read_write)
     set_params(con, dict(_parse_param(p) for p in args.param or []))
     if args.query is None and args.file is None:
@@ -262,7 +316,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def add_sql_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Plug ``sql`` into the ``xner`` command's subparsers."""
     p = subparsers.add_parser("sql", help="query the store with DuckDB (read-only views)",
-                              description=DESCRIPTION)
+                              description=DESCRIPTION, allow_abbrev=False)
     _sql_args(p)
     p.set_defaults(func=cmd_sql)
     return p
@@ -273,7 +327,7 @@ def _sql_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("query", nargs="?", help="SQL text; none: interactive shell on stdin")
     p.add_argument("--file", "-f", help="a .sql file or a question name in sql/ "
                                         f"({', '.join(sql_files())})")
-    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
     p.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
                    help="set a DuckDB variable the query reads with getvariable('NAME')")
     p.add_argument("--read-write", action="store_true",
@@ -281,6 +335,14 @@ def _sql_args(p: argparse.ArgumentParser) -> None:
 
 
 def main_sql(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="xner sql", description=DESCRIPTION)
+    from xner_ray.config import ConfigError
+
+    p = argparse.ArgumentParser(prog="xner sql", description=DESCRIPTION, allow_abbrev=False)
     _sql_args(p)
-    return cmd_sql(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        check_store(args.store)
+    except ConfigError as exc:
+        print(f"xner sql: error: {exc}", file=sys.stderr)
+        return 2
+    return cmd_sql(args)

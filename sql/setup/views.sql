@@ -32,7 +32,7 @@ SELECT COLUMNS(lambda c: c <> 'empty') FROM (
     hive_types = {'run_id': VARCHAR, 'lang': VARCHAR, 'round': INTEGER})
 );
 
-CREATE OR REPLACE VIEW pseudo_labels AS
+CREATE OR REPLACE VIEW _pseudo_labels_written AS
 SELECT COLUMNS(lambda c: c <> 'empty') FROM (
   SELECT
     NULL::VARCHAR AS "sent_id",
@@ -49,6 +49,8 @@ SELECT COLUMNS(lambda c: c <> 'empty') FROM (
     NULL::INTEGER AS "length",
     NULL::FLOAT AS "agreement",
     NULL::FLOAT AS "lang_score",
+    NULL::FLOAT[] AS "lang_scores",
+    NULL::INTEGER AS "n_windows",
     NULL::FLOAT AS "policy_p",
     NULL::BOOLEAN AS "selected",
     NULL::VARCHAR AS "selector",
@@ -119,3 +121,32 @@ SELECT COLUMNS(lambda c: c <> 'empty') FROM (
     hive_partitioning = true, union_by_name = true, allow_empty = true,
     hive_types = {'run_id': VARCHAR, 'lang': VARCHAR, 'round': INTEGER})
 );
+
+CREATE OR REPLACE VIEW decisions AS
+SELECT COLUMNS(lambda c: c <> 'empty') FROM (
+  SELECT
+    NULL::VARCHAR AS "sent_id",
+    NULL::FLOAT AS "policy_p",
+    NULL::BOOLEAN AS "selected",
+    NULL::VARCHAR AS "selector",
+    NULL::FLOAT AS "weight",
+    NULL::VARCHAR AS "lang",
+    NULL::INTEGER AS "round",
+    NULL::VARCHAR AS "run_id"
+  WHERE false
+  UNION ALL BY NAME
+  SELECT * FROM read_parquet(getvariable('store') || '/decisions/*/*/*/*.parquet',
+    hive_partitioning = true, union_by_name = true, allow_empty = true,
+    hive_types = {'run_id': VARCHAR, 'lang': VARCHAR, 'round': INTEGER})
+);
+
+CREATE OR REPLACE VIEW pseudo_labels AS
+SELECT p.* REPLACE (
+    CASE WHEN d.sent_id IS NULL THEN p.policy_p ELSE d.policy_p END AS policy_p,
+    CASE WHEN d.sent_id IS NULL THEN p.selected ELSE d.selected END AS selected,
+    CASE WHEN d.sent_id IS NULL THEN p.selector ELSE d.selector END AS selector,
+    CASE WHEN d.sent_id IS NULL THEN p.weight ELSE d.weight END AS weight)
+FROM _pseudo_labels_written p
+LEFT JOIN (SELECT DISTINCT ON (run_id, lang, round, sent_id) run_id, lang, round, sent_id, policy_p, selected, selector, weight
+  FROM decisions) d
+  ON p.run_id = d.run_id AND p.lang = d.lang AND p.round = d.round AND p.sent_id = d.sent_id;

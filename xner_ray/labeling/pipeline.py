@@ -1,12 +1,16 @@
-"""Wires the labeling stages into Ray Data and streams the results into the store.
+"""Labeling as an engine plan: the workers read, label, select and write; the driver commits.
 
-    read (one task per file) -> SubwordStage (CPU actors) -> TeacherStage (GPU or fractional-CPU
-    actors, model loaded once per actor) -> driver: selector -> RoundWriter per language
+    read (one task per file; it writes its rejects) -> SubwordStage (CPU actors)
+      -> TeacherStage (GPU or fractional-CPU actors, model loaded once per actor)
+      -> SelectStage (row selectors) -> write tasks: Parquet into each language's attempt prefix
 
-Resources come from the cluster (``cluster.derive_workers``), never from constants. The
-driver consumes the stream batch by batch, so memory is bounded by Ray Data's backpressure
-and the writer's file rotation, not by the corpus. Each (run, language, round) is committed
-atomically; a complete one is skipped on rerun, an interrupted one is redone cleanly.
+The driver gets back file names, row counts and sums, never rows. A whole-set selector
+(top-rho) is decided after the pass: exact cut-offs from a distributed sort
+(``engine.exact_cutoffs``), then a second pass over the written ``pseudo_labels`` files (only
+their score columns) writes the round's ``decisions``. Each (run, language, round) commits
+on its own (``Store.commit_round``: files moved into place, the manifest written last); a
+complete one is skipped on rerun, an interrupted one is redone from a fresh attempt prefix.
+Resources come from the cluster (``cluster.derive_workers``), never from constants.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
+import numpy as np
+
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from xner_ray.labeling.source import InputSpec
 
@@ -59,7 +64,10 @@ class LabelConfig:
                                    metadata={"help": "torch threads per teacher actor "
                                                      "(default: its whole CPUs)"})
     use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
-    rows_per_file: int = field(default=100_000, metadata={"help": "Parquet rotation"})
+    rows_per_file: int = field(default=65_536, metadata={"help": "rows a write task gathers "
+                                                                  "into one Parquet file"})
+    local: bool = field(default=False, metadata={
+        "help": "run the stages in this process instead of on Ray (tests, baselines)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.teachers, str):
@@ -113,34 +121,75 @@ def _teacher_resources(cfg: LabelConfig) -> dict:
                 num_gpus=1 if res.use_gpu else 0, threads=cfg.threads or res.torch_threads)
 
 
-def build_dataset(cfg: LabelConfig, collector, *, langs: set[str]):
-    """The lazy Ray Data pipeline for the inputs of ``langs``."""
-    import ray
-    from ray.data import ActorPoolStrategy
+class SelectStage:
+    """Applies a row selector to each batch; a whole-set one marks rows undecided (selected
+    false, weight 0, its id) until its ``decisions`` are written after the pass."""
 
-    from xner_ray.labeling.source import make_datasource
+    def __init__(self, spec: str):
+        from xner_ray.selectors import make_selector
+
+        self.selector = make_selector(spec)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        if self.selector.scope == "row":
+            return self.selector(table)
+        n = table.num_rows
+        for name, arr in (("selected", pa.array([False] * n)),
+                          ("selector", pa.array([self.selector.id] * n, pa.string())),
+                          ("weight", pa.array(np.zeros(n, dtype=np.float32)))):
+            table = (table.set_column(table.schema.get_field_index(name), name, arr)
+                     if name in table.column_names else table.append_column(name, arr))
+        return table
+
+
+class DecideStage:
+    """Whole-set decisions from a fitted selector's cut-offs: rows of the ``decisions`` table."""
+
+    def __init__(self, selector, lang: str):
+        self.selector, self.lang = selector, lang
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        out = self.selector(table.select(list(dict.fromkeys(
+            ["sent_id", *self.selector.rank_columns]))))
+        n = out.num_rows
+        return pa.table({"sent_id": out.column("sent_id"), "lang": [self.lang] * n,
+                         "policy_p": pa.nulls(n, pa.float32()),
+                         "selected": out.column("selected"), "selector": out.column("selector"),
+                         "weight": out.column("weight")})
+
+
+def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> "engine.Plan":
+    """The labeling plan for ``inputs`` ((file, InputSpec) pairs)."""
+    from functools import partial
+
+    from xner_ray import engine
+    from xner_ray.labeling.source import SENTENCE_COLUMNS, read_file
     from xner_ray.labeling.stages import SubwordStage, TeacherStage
 
-    inputs = [i for i in cfg.inputs if i.lang in langs]
-    res = _teacher_resources(cfg)
-    ds = ray.data.read_datasource(make_datasource(inputs, collector=collector,
-                                                  max_words=cfg.max_words,
-                                                  rows_per_block=cfg.block_rows),
-                                  num_cpus=0.25)
-    # Tokenizing is cheap next to the model: one light actor, more when many teachers wait.
-    ds = ds.map_batches(SubwordStage, fn_constructor_args=(cfg.teachers[0], cfg.max_length),
-                        batch_size=cfg.block_rows, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(min_size=1, max_size=res["concurrency"]),
-                        num_cpus=0.25)
-    return ds.map_batches(
-        TeacherStage, fn_constructor_args=(cfg.teachers,),
-        fn_constructor_kwargs=dict(weights=cfg.weights, student=cfg.student,
-                                   batch_size=cfg.batch_size, threads=res["threads"],
-                                   teacher_id=_teacher_id(cfg), combine=cfg.combine,
-                                   lang_scorers=cfg.lang_scorers),
-        batch_size=cfg.block_rows, batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=res["concurrency"]), num_cpus=res["num_cpus"],
-        num_gpus=res["num_gpus"])
+    res = _teacher_resources(cfg) if not cfg.local else dict(
+        concurrency=1, num_cpus=1, num_gpus=0, threads=cfg.threads)
+    teacher = dict(weights=cfg.weights, student=cfg.student, batch_size=cfg.batch_size,
+                   threads=res["threads"], teacher_id=_teacher_id(cfg), combine=cfg.combine,
+                   lang_scorers=cfg.lang_scorers)
+    stages = [
+        # tokenizing is cheap next to the model: one light actor, more when teachers wait
+        engine.Stage(SubwordStage, (cfg.teachers[0], cfg.max_length), batch_size=cfg.block_rows,
+                     num_cpus=0.25, max_actors=res["concurrency"]),
+        engine.Stage(TeacherStage, (cfg.teachers,), teacher, batch_size=cfg.block_rows,
+                     num_cpus=res["num_cpus"], num_gpus=res["num_gpus"],
+                     min_actors=res["concurrency"], max_actors=res["concurrency"]),
+        engine.Stage(SelectStage, (cfg.selector,), batch_size=cfg.block_rows, num_cpus=0.1),
+    ]
+    read = partial(_read_item, max_words=cfg.max_words, rows=cfg.block_rows, rejects=rejects)
+    return engine.Plan(items=inputs, read=read, stages=stages, sink=sink,
+                       schema=SENTENCE_COLUMNS, rows_per_write=cfg.rows_per_file, name="label")
+
+
+def _read_item(item, *, max_words: int, rows: int, rejects):
+    from xner_ray.labeling.source import read_file
+
+    path, spec = item
+    return read_file(path, spec, max_words, rows, rejects)
 
 
 def check_same_tokenizer(models: list[str]) -> None:
@@ -160,13 +209,57 @@ def _teacher_id(cfg: LabelConfig) -> str:
     return "+".join(str(t) for t in cfg.teachers) + f"@round{cfg.round}"
 
 
-SENTENCE_FIELDS = ("sent_id", "source", "tokens", "gold_tags", "text")
-LABEL_FIELDS = ("sent_id", "teacher", "tags", "probs", "confidence", "f_conf", "n_entities",
-                "length", "agreement", "lang_score")
+def _teacher_id(cfg: LabelConfig) -> str:
+    return "+".join(str(t) for t in cfg.teachers) + f"@round{cfg.round}"
+
+
+LABEL_TABLES = ("sentences", "pseudo_labels")
+
+
+@dataclass
+class LabeledRound:
+    """One language's round of a labeling pass, written but not committed yet: its files
+    (under the attempt prefix), row counts and sums -- what the commit needs, no rows."""
+
+    run_id: str
+    lang: str
+    round: int
+    prefix: str
+    labels: list
+    meta: dict
+    started_at: object
+    files: dict = field(default_factory=lambda: {})
+    rows: dict = field(default_factory=lambda: {})
+    counts: dict = field(default_factory=lambda: {"sentences": 0, "entities": 0, "selected": 0,
+                                                  "rejects": 0})
+    rejects_by_reason: dict = field(default_factory=dict)
+    selector: object = None  # the fitted whole-set selector, when the round has one
+
+    def add(self, rec: dict) -> None:
+        t = rec["table"]
+        self.files.setdefault(t, []).append(rec["path"])
+        self.rows[t] = self.rows.get(t, 0) + rec["rows"]
+        if t == "pseudo_labels":
+            self.counts["sentences"] += rec["rows"]
+            self.counts["entities"] += rec.get("entities", 0)
+            self.counts["selected"] += rec.get("selected", 0)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(sentences file, pseudo_labels file) written together: same rows, same order."""
+        se = {p.rsplit("/", 1)[-1]: p for p in self.files.get("sentences", [])}
+        return [(se[p.rsplit("/", 1)[-1]], p) for p in sorted(self.files.get("pseudo_labels", []))]
+
+    def commit(self, store) -> dict:
+        self.meta["counts"] = dict(self.counts)
+        return store.commit_round(self.run_id, self.lang, self.round, self.files,
+                                  labels=self.labels, meta=self.meta,
+                                  started_at=self.started_at, rows=self.rows,
+                                  rejects_by_reason=self.rejects_by_reason)
 
 
 def label(cfg: LabelConfig, *, own_run: bool = True) -> dict:
-    """Run the labeling job; returns per-language counts. Needs a connected Ray cluster.
+    """Run the labeling job; returns per-language counts. Needs a connected Ray cluster
+    (unless ``cfg.local``).
 
     ``own_run=False`` when a larger job (TSL, RIKD) owns the run id: that job records the run
     and its status; the labeling only adds its rounds.
@@ -176,114 +269,114 @@ def label(cfg: LabelConfig, *, own_run: bool = True) -> dict:
     store = Store(cfg.store)
     if own_run:
         store.record_run(cfg.run_id, "label", cfg.run_config())
-    with open_rounds(cfg, store) as rounds:
-        summary = {l: w.meta["counts"] for l, w in rounds.items()}
-    if summary:
-        store.update_run(cfg.run_id, round=cfg.round, metrics=summary)
+    try:
+        with label_rounds(cfg, store) as rounds:
+            summary = {l: r.counts for l, r in rounds.items()}
+        if summary:
+            store.update_run(cfg.run_id, round=cfg.round, metrics=summary)
+    except BaseException:
+        if own_run:
+            store.update_run(cfg.run_id, status="failed")
+        raise
     if own_run:
         store.update_run(cfg.run_id, status="succeeded")
     return summary
 
 
 @contextlib.contextmanager
-def open_rounds(cfg: LabelConfig, store) -> Iterator[dict]:
-    """Label every language of ``cfg`` whose round is not complete yet, into one uncommitted
-    ``RoundWriter`` per language, and yield them ({lang: writer}).
+def label_rounds(cfg: LabelConfig, store) -> Iterator[dict]:
+    """Label every language of ``cfg`` whose round is not complete yet and yield
+    {lang: LabeledRound}; leaving the block commits each round, an exception commits none.
 
-    Inside the block the caller may read the round's files (``writer.files(...)``), train on
-    them and ``rewrite`` them (RIKD fills ``policy_p``/``selected`` after training); leaving the
-    block commits every round atomically, an exception commits none. Languages complete
-    already are skipped (and absent from the dict). Counts are in ``writer.meta["counts"]``.
+    Inside the block a caller may read the round's files (``r.files``, ``r.pairs()``), train
+    on them and add tables under ``r.prefix`` (RIKD's decisions) with ``r.add``. Languages
+    complete already are skipped (and absent from the dict).
     """
-    import ray
-
-    from xner_ray.labeling.source import RejectCollector
+    from xner_ray import engine
+    from xner_ray.labeling.source import resolve_inputs
     from xner_ray.models.classifier import model_labels
     from xner_ray.selectors import make_selector
+    from xner_ray.store.sink import RejectFiles, RoundSink
+    from xner_ray.store.store import utcnow
 
     langs = sorted({i.lang for i in cfg.inputs})
     todo = sorted(l for l in langs if not store.is_complete(cfg.run_id, l, cfg.round))
     for l in sorted(set(langs) - set(todo)):
-        print(f"[label] {cfg.run_id} {l} round {cfg.round}: complete already, skipped", flush=True)
+        logger.info("%s %s round %d: complete already, skipped", cfg.run_id, l, cfg.round)
     if not todo:
         yield {}
         return
     selector = make_selector(cfg.selector)
     check_same_tokenizer(list(dict.fromkeys([*cfg.teachers, *(cfg.lang_scorers or [])])))
+    inputs = resolve_inputs([i for i in cfg.inputs if i.lang in todo])
+    labels = model_labels(cfg.teachers[0])
     meta = {"teachers": cfg.teachers, "weights": cfg.weights, "selector": selector.id,
             "combine": cfg.combine, "lang_scorers": cfg.lang_scorers}
-    with contextlib.ExitStack() as stack:
-        writers = {l: stack.enter_context(store.round_writer(
-            cfg.run_id, l, cfg.round, labels=model_labels(cfg.teachers[0]), meta=dict(meta),
-            rows_per_file=cfg.rows_per_file)) for l in todo}
-        collector = ray.remote(num_cpus=0)(RejectCollector).remote()
-        started = time.time()
-        _stream(build_dataset(cfg, collector, langs=set(todo)), writers, selector, collector)
-        for l, w in writers.items():
-            c = w.meta["counts"]
-            c["seconds"] = round(time.time() - started, 1)
-            print(f"[label] {l}: {c['sentences']} sentences, {c['entities']} entities, "
-                  f"{c['selected']} selected, {c['rejects']} rejects -> round {cfg.round}",
-                  flush=True)
-        yield writers
+    started, t0 = utcnow(), time.time()
+    prefixes = {l: store.attempt_prefix(cfg.run_id, l, cfg.round) for l in todo}
+    rounds = {l: LabeledRound(cfg.run_id, l, cfg.round, prefixes[l], labels, dict(meta),
+                              started) for l in todo}
+    sink = RoundSink(store.uri, prefixes, LABEL_TABLES, labels=labels)
+    records = engine.run(build_plan(cfg, inputs, sink, RejectFiles(store.uri, prefixes)),
+                         local=cfg.local)
+    for rec in records:
+        rounds[rec["lang"]].add(rec)
+    for r in rounds.values():
+        _add_rejects(store, r)
+        if selector.scope == "set":
+            _decide_set(cfg, store, r, make_selector(cfg.selector))  # one per language
+        r.counts["seconds"] = round(time.time() - t0, 1)
+        logger.info("%s round %d: %d sentences, %d entities, %d selected, %d rejects",
+                    r.lang, cfg.round, r.counts["sentences"], r.counts["entities"],
+                    r.counts["selected"], r.counts["rejects"])
+    yield rounds
+    for r in rounds.values():
+        r.commit(store)
 
 
-def _stream(ds, writers: dict, selector, collector) -> None:
-    """Consume the dataset on the driver into the language's writers, counting as it goes."""
-    import ray
+def _add_rejects(store, r: LabeledRound) -> None:
+    """The rejects files the read tasks wrote under the round's prefix, counted from footers."""
+    import pyarrow.fs as pafs
 
-    for w in writers.values():
-        w.meta["counts"] = {"sentences": 0, "entities": 0, "selected": 0, "rejects": 0}
-    set_scores = {l: [] for l in writers}
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for l, writer in writers.items():
-            part = batch.filter(pc.equal(batch.column("lang"), l))
-            if not part.num_rows:
-                continue
-            if selector.scope == "set":
-                set_scores[l].append(part.select(list(dict.fromkeys(selector.columns))))
-                part = _keep_all(part)  # decided after the whole set is seen
-            else:
-                part = selector(part)
-            _write(writer, part)
-            c = writer.meta["counts"]
-            c["sentences"] += part.num_rows
-            c["entities"] += int(pc.sum(part.column("n_entities")).as_py() or 0)
-            c["selected"] += int(pc.sum(part.column("selected").cast(pa.int64())).as_py() or 0)
-    for l, sink in ray.get(collector.drain.remote()).items():
-        if l in writers:
-            writers[l].write_rejects(sink)
-            writers[l].meta["counts"]["rejects"] = sink.total
-    if selector.scope == "set":
-        for l, writer in writers.items():
-            writer.meta["counts"]["selected"] = _apply_set_selector(writer, selector,
-                                                                    set_scores[l])
+    from xner_ray.store.sink import reject_counts
+
+    base = f"{r.prefix}/rejects"
+    if store.fs.get_file_info(base).type != pafs.FileType.Directory:
+        return
+    for info in store.fs.get_file_info(pafs.FileSelector(base)):
+        counts = reject_counts(store.fs, info.path)
+        r.files.setdefault("rejects", []).append(info.path)
+        r.rows["rejects"] = r.rows.get("rejects", 0) + _file_rows(store.fs, info.path)
+        for reason, n in counts.items():
+            r.rejects_by_reason[reason] = r.rejects_by_reason.get(reason, 0) + n
+    r.counts["rejects"] = sum(r.rejects_by_reason.values())
+    r.meta["rejects_seen"] = dict(r.rejects_by_reason)
 
 
-def _keep_all(part: pa.Table) -> pa.Table:
-    from xner_ray.selectors import KeepAll
+def _file_rows(fs, path: str) -> int:
+    import pyarrow.parquet as pq
 
-    return KeepAll()(part)
-
-
-def _write(writer, part: pa.Table) -> None:
-    writer.write_sentences(part.select(list(SENTENCE_FIELDS)))
-    writer.write_pseudo_labels(part.select([*LABEL_FIELDS, "selected", "selector", "weight"]))
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
 
 
-def _apply_set_selector(writer, selector, scored: list) -> int:
-    """Fit a whole-set selector (e.g. top-rho) on the scores seen, then re-decide the round's
-    pseudo-label files one by one before commit (memory: one file at a time)."""
-    if not scored:
-        return 0
-    selector.fit(pa.concat_tables(scored))
-    kept = 0
+def _decide_set(cfg: LabelConfig, store, r: LabeledRound, selector) -> None:
+    """Whole-set selection of one language's round, without the rows on the driver: exact
+    cut-offs from a distributed sort, then a pass that writes the ``decisions`` table."""
+    from xner_ray import engine
+    from xner_ray.store.sink import RoundSink
 
-    def decide(table: pa.Table) -> pa.Table:
-        nonlocal kept
-        table = selector(table)
-        kept += int(pc.sum(table.column("selected").cast(pa.int64())).as_py() or 0)
-        return table
-
-    writer.rewrite("pseudo_labels", decide)
-    return kept
+    files = r.files.get("pseudo_labels", [])
+    n = r.rows.get("pseudo_labels", 0)
+    cutoffs = engine.exact_cutoffs(files, store.fs, selector, n, local=cfg.local)
+    selector.set_cutoffs(cutoffs)
+    r.selector = selector
+    r.meta.update(selector_spec=cfg.selector, selector_cutoffs=[list(c) for c in cutoffs])
+    sink = RoundSink(store.uri, {r.lang: r.prefix}, ("decisions",))
+    cols = list(dict.fromkeys(["sent_id", *selector.rank_columns]))
+    records = engine.map_files(files, store.fs, [engine.Stage(DecideStage, (selector, r.lang))],
+                               sink, columns=cols, local=cfg.local)
+    r.counts["selected"] = 0
+    for rec in records:
+        r.add(rec)
+        r.counts["selected"] += rec.get("selected", 0)

@@ -1,9 +1,10 @@
-"""A Ray Data datasource over our streaming readers: one read task per input file.
+"""The read side of labeling: one read task per input file (``engine.dataset``).
 
 Each task runs the same reader the rest of the project uses (so every layout and every reject
 reason behaves the same) and yields Arrow blocks of ``rows_per_block`` sentences: memory stays
-bounded by the block size, not by the file. Rejects go to a ``RejectCollector`` actor (zero
-CPUs) that the driver drains into the store's rejects table -- nothing is silently dropped.
+bounded by the block size, not by the file. The task writes its file's rejects itself
+(``store.sink.RejectFiles``) -- nothing is silently dropped, and no reject passes through the
+driver. ``RejectCollector`` remains for the projection pipeline's parallel reader.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ def _rows(sents: list[Sentence], gold: bool) -> pa.Table:
 
 
 def read_file(path: str, spec: InputSpec, max_words: int, rows_per_block: int,
-              collector=None) -> Iterator[pa.Table]:
-    """Stream one file as Arrow blocks; report its rejects to ``collector`` (an actor handle)."""
+              rejects=None) -> Iterator[pa.Table]:
+    """Stream one file as Arrow blocks. Its rejects go to ``rejects(lang, path, sink)`` (e.g. a
+    ``store.sink.RejectFiles``, which writes them from this task) once the file is read."""
     from xner_ray.io.text import read_unlabeled
 
     sink = RejectSink()
@@ -80,11 +82,9 @@ def read_file(path: str, spec: InputSpec, max_words: int, rows_per_block: int,
     if sents:
         yield _rows(sents, spec.gold)
     if sink.total:
-        if collector is None:
-            raise RuntimeError(f"{path}: {sink.summary()} but no reject collector")
-        import ray
-
-        ray.get(collector.add.remote(spec.lang, sink.rejects, dict(sink.counts)))
+        if rejects is None:
+            raise RuntimeError(f"{path}: {sink.summary()} but nowhere to write rejects")
+        rejects(spec.lang, path, sink)
 
 
 def resolve_inputs(inputs: list[InputSpec]) -> list[tuple[str, InputSpec]]:
@@ -99,29 +99,3 @@ def resolve_inputs(inputs: list[InputSpec]) -> list[tuple[str, InputSpec]]:
             raise ValueError(f"{path}: gold=True needs a CoNLL file with tags, but it reads as "
                              f"{detect_format(path)!r}; pass fmt='conll' if it is CoNLL")
     return files
-
-
-def make_datasource(inputs: list[InputSpec], *, collector, max_words: int,
-                    rows_per_block: int = 1024):
-    """Build the Ray Data datasource (imported lazily so this module stays Ray-free)."""
-    from ray.data import Datasource, ReadTask
-    from ray.data.block import BlockMetadata
-
-    files = resolve_inputs(inputs)
-
-    class SentenceSource(Datasource):
-        def estimate_inmemory_data_size(self) -> Optional[int]:
-            return None
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-            tasks = []
-            for path, spec in files:
-                meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
-                                     input_files=(path,))
-                tasks.append(ReadTask(
-                    lambda path=path, spec=spec: read_file(path, spec, max_words,
-                                                           rows_per_block, collector),
-                    meta, schema=SENTENCE_COLUMNS, per_task_row_limit=per_task_row_limit))
-            return tasks
-
-    return SentenceSource()

@@ -70,10 +70,23 @@ PSEUDO_LABELS = pa.schema([
     _f("agreement", pa.float32(), "-mean MSE teacher vs student distributions (RIKD Eq. 6)",
        True),
     _f("lang_score", pa.float32(), "AdvPicker l_score = 1 - |P_dis - 0.5|", True),
+    _f("lang_scores", pa.list_(pa.float32()),
+       "every scorer's (TLADV seed's) l_score, in `lang_scorers` order", True),
+    _f("n_windows", pa.int32(), "sub-word windows the sentence was labeled in (1 unless it "
+       "was longer than the model's limit)", True),
     _f("policy_p", pa.float32(), "RIKD policy keep-probability pi(s)", True),
     _f("selected", pa.bool_(), "kept by the selector for training"),
     _f("selector", pa.string(), "versioned selector id, e.g. 'confidence.v1(threshold=0.9)'"),
     _f("weight", pa.float32(), "training weight (0 for discarded rows)"),
+])
+
+DECISIONS = pa.schema([
+    _f("sent_id", pa.string(), "joins pseudo_labels.sent_id of the same run/lang/round"),
+    _f("policy_p", pa.float32(), "RIKD policy keep-probability pi(s)", True),
+    _f("selected", pa.bool_(), "kept for training"),
+    _f("selector", pa.string(), "versioned id of what decided"),
+    _f("weight", pa.float32(), "training weight (0 for discarded rows)"),
+    _LANG, _ROUND, _RUN_ID,
 ])
 
 REJECTS = pa.schema([
@@ -131,9 +144,13 @@ TABLES: dict[str, TableSpec] = {
     "pseudo_labels": TableSpec("pseudo_labels", PSEUDO_LABELS, ROUND_PARTITION),
     "rejects": TableSpec("rejects", REJECTS, ROUND_PARTITION),
     "projections": TableSpec("projections", PROJECTIONS, ROUND_PARTITION),
+    "decisions": TableSpec("decisions", DECISIONS, ROUND_PARTITION),
     "runs": TableSpec("runs", RUNS, ("run_id",)),
 }
-ROUND_TABLES = ("sentences", "pseudo_labels", "rejects", "projections")
+ROUND_TABLES = ("sentences", "pseudo_labels", "rejects", "projections", "decisions")
+# Decisions taken after a round's pseudo-labels were written (a whole-set selector's top rho,
+# RIKD's policy) are rows of ``decisions``; readers see them over ``pseudo_labels`` (the views
+# overlay policy_p / selected / selector / weight by sent_id), so no round file is rewritten.
 
 
 def file_schema(schema: pa.Schema, partition_cols: Sequence[str]) -> pa.Schema:

@@ -71,18 +71,28 @@ class Store:
         root = os.fspath(root)
         if filesystem is not None:
             self.fs, self.root = filesystem, root.rstrip("/")
+            self.uri = self.root
         elif "://" in root:
             self.fs, self.root = pafs.FileSystem.from_uri(root)
+            self.root = self.root.rstrip("/")
+            self.uri = root.rstrip("/")
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
+            self.uri = self.root
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def __repr__(self) -> str:
-        return f"Store({self.root!r})"
+        return f"Store({self.uri!r})"
 
     # -- paths ---------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
+
+    def to_uri(self, path: str) -> str:
+        """A path of this store's filesystem as a URI any node can open (workers get these)."""
+        if self.is_local or "://" in path:
+            return path
+        return f"{self.uri.split('://', 1)[0]}://{path}"
 
     @staticmethod
     def round_key(run_id: str, lang: str, round: int) -> str:
@@ -151,6 +161,45 @@ class Store:
         from xner_ray.store.writer import RoundWriter
 
         return RoundWriter(self, run_id, lang, round, **kwargs)
+
+    def attempt_prefix(self, run_id: str, lang: str, round: int) -> str:
+        """A fresh prefix for one attempt at a round (workers write there; nothing globs it).
+
+        Leftovers of earlier attempts at the same round (and files of an uncommitted round in
+        its partition folders) are removed first: a resumed round never reads them."""
+        key = self.round_key(run_id, lang, round)
+        for p in [self.path(TMP, key)] + [self.partition_dir(t, run_id, lang, round)
+                                           for t in S.ROUND_TABLES]:
+            if self.delete_dir(p):
+                logger.warning("removed leftovers of an interrupted write: %s", p)
+        return self.new_tmp_dir(key)
+
+    def commit_round(self, run_id: str, lang: str, round: int, files: dict[str, list[str]], *,
+                     labels: Optional[list[str]], meta: dict, started_at: dt.datetime,
+                     rows: dict[str, int], rejects_by_reason: Optional[dict] = None) -> dict:
+        """Move the reported files of an attempt into the round's partitions, then write the
+        manifest (the commit). ``files``: {table: [paths under the attempt prefix]}."""
+        key = self.round_key(run_id, lang, round)
+        tables = {}
+        for name in S.ROUND_TABLES:
+            final = self.partition_dir(name, run_id, lang, round)
+            moved = []
+            for src in sorted(files.get(name, [])):
+                dest = f"{final}/{src.rsplit('/', 1)[-1]}"
+                self.fs.create_dir(final, recursive=True)
+                self.fs.move(src, dest)
+                moved.append(dest[len(self.root) + 1:])
+            tables[name] = {"rows": int(rows.get(name, 0)), "files": moved}
+        manifest = {
+            "schema_version": S.SCHEMA_VERSION, "run_id": run_id, "lang": lang, "round": round,
+            "started_at": started_at.isoformat(), "committed_at": utcnow().isoformat(),
+            "tables": tables, "labels": labels,
+            "rejects_by_reason": dict(sorted((rejects_by_reason or {}).items())), "meta": meta}
+        data = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()
+        self.write_bytes_atomic(self.manifest_path(run_id, lang, round), data)
+        self.delete_dir(self.path(TMP, key))
+        logger.info("committed %s: %s", key, {t: v["rows"] for t, v in tables.items()})
+        return manifest
 
     def is_complete(self, run_id: str, lang: str, round: int) -> bool:
         return self.exists(self.manifest_path(run_id, lang, round))

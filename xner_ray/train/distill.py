@@ -1,10 +1,13 @@
 """Student distillation from the store's pseudo-labels, on Ray Train.
 
-The training set of a (run, language, round) is the committed ``pseudo_labels`` rows joined to
-their ``sentences`` (selected rows only, by default), exported once with DuckDB to one Parquet
-file and fed to the workers through Ray Data. The student starts from the pre-trained encoder
-(not the teacher) and learns the teacher's soft labels with the token-level MSE (TSL Eq. 3,
-RIKD Eq. 1); model selection uses the source-language dev set only (zero-shot).
+The training set of a (run, language, round) is read by Ray Data tasks straight from the
+round's files: each task reads one ``sentences`` file and the ``pseudo_labels`` file written
+with it (same rows, same order: ``store.sink.RoundSink``), keeps the selected rows -- a
+whole-set selector's decision is re-applied from its cut-offs, recorded in the manifest -- and
+Ray Train's workers take their shards of that stream. No export to a driver's disk, no join;
+store paths may be URIs (``s3://``). The student starts from the pre-trained encoder (not the
+teacher) and learns the teacher's soft labels with the token-level MSE (TSL Eq. 3, RIKD Eq. 1);
+model selection uses the source-language dev set only (zero-shot).
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ class DistillConfig(TrainConfig):
             raise ValueError(f"round must be >= 0, got {self.round}")
 
 
-def committed_round(store_root: str, run_id: str, lang: str, round: int
-                    ) -> tuple[dict[str, list[str]], list[str]]:
-    """The files ({table: paths}) and label set of a committed round -- never a partial one."""
+
+TRAIN_BLOCK_ROWS = 1024
+
+
+def committed_round(store_root: str, run_id: str, lang: str, round: int) -> dict:
+    """The manifest of a committed round -- never a partial one."""
     from xner_ray.store import Store
 
     store = Store(store_root)
@@ -43,61 +49,101 @@ def committed_round(store_root: str, run_id: str, lang: str, round: int
     if manifest is None:
         raise ValueError(f"no complete round {round} for run {run_id!r}, language {lang!r} in "
                          f"{store_root}; complete rounds: {store.complete_rounds(run_id, lang)}")
-    files = {t: [f"{store.root}/{f}" for f in manifest["tables"][t]["files"]]
-             for t in ("sentences", "pseudo_labels")}
-    return files, manifest["labels"]
+    return manifest
 
 
-def export_training_set(files: dict[str, list[str]], dest: Path, *,
-                        selected_only: bool = True) -> int:
-    """Write the (sent_id, tokens, probs, weight) training rows of a round to ``dest``.
+def file_pairs(files: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(sentences, pseudo_labels) files of a round paired by name (written together)."""
+    se = {p.rsplit("/", 1)[-1]: p for p in files.get("sentences", [])}
+    pairs = []
+    for pl in sorted(files.get("pseudo_labels", [])):
+        name = pl.rsplit("/", 1)[-1]
+        if name not in se:
+            raise ValueError(f"{pl} has no sentences file of the same name: the round was not "
+                             "written by this version's sink; label it again")
+        pairs.append((se[name], pl))
+    return pairs
 
-    ``files`` holds the round's ``sentences`` and ``pseudo_labels`` Parquet files (committed,
-    or those of a round still being written). Duplicate sentences share a sent_id and identical
-    tokens, so the sentence side is de-duplicated before the join. Returns the row count.
-    """
-    import duckdb
 
-    if not files.get("pseudo_labels"):
+def round_selector(meta: dict):
+    """The fitted whole-set selector of a round (from its manifest meta), or None."""
+    spec, cutoffs = meta.get("selector_spec"), meta.get("selector_cutoffs")
+    if not spec or cutoffs is None:
+        return None
+    from xner_ray.selectors import make_selector
+
+    selector = make_selector(spec)
+    selector.set_cutoffs([tuple(c) for c in cutoffs])
+    return selector
+
+
+def training_dataset(store, pairs: list[tuple[str, str]], *, selector=None,
+                     selected_only: bool = True):
+    """A Ray dataset of (sent_id, tokens, probs, weight) read by tasks from the file pairs."""
+    from functools import partial
+
+    from xner_ray import engine
+
+    if not pairs:
         raise ValueError("the round has no pseudo-labels")
-    where = "WHERE p.selected AND p.weight > 0" if selected_only else ""
-    weight = "p.weight" if selected_only else "1.0"
-    con = duckdb.connect()
-    con.execute(f"""
-        COPY (
-          SELECT p.sent_id, s.tokens, p.probs, {weight}::FLOAT AS weight
-          FROM read_parquet($pl) p
-          JOIN (SELECT DISTINCT ON (sent_id) sent_id, tokens FROM read_parquet($se)) s
-            USING (sent_id)
-          {where}
-          ORDER BY p.sent_id  -- a join's output order is not fixed: same rows, same batches
-        ) TO '{dest}' (FORMAT parquet)""", {"pl": files["pseudo_labels"], "se": files["sentences"]})
-    n = con.execute("SELECT count(*) FROM read_parquet($d)", {"d": str(dest)}).fetchone()[0]
-    if n == 0:
-        raise ValueError("the round has no selected pseudo-labels to learn from")
-    return n
+    items = [(store.to_uri(a), store.to_uri(b)) for a, b in pairs]
+    return engine.dataset(items, partial(read_training_pair, selector=selector,
+                                         selected_only=selected_only))
+
+
+def read_training_pair(item: tuple[str, str], *, selector=None, selected_only: bool = True):
+    """One read task: the training rows of a (sentences, pseudo_labels) file pair."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from xner_ray.store.sink import split_uri
+
+    (fs, se_path), (_, pl_path) = split_uri(item[0]), split_uri(item[1])
+    se = pq.read_table(se_path, filesystem=fs, columns=["sent_id", "tokens"])
+    cols = ["sent_id", "probs", "selected", "weight"]
+    if selector is not None:
+        cols += [c for c in selector.rank_columns if c not in cols]
+    pl = pq.read_table(pl_path, filesystem=fs, columns=cols)
+    if se.num_rows != pl.num_rows or not se.column("sent_id").equals(pl.column("sent_id")):
+        raise ValueError(f"{item[0]} and {item[1]} do not hold the same sentences in order")
+    if selector is not None:
+        pl = selector(pl)
+    table = pa.table({"sent_id": pl.column("sent_id"), "tokens": se.column("tokens"),
+                      "probs": pl.column("probs"),
+                      "weight": pl.column("weight").cast(pa.float32())})
+    if selected_only:
+        keep = pc.and_(pl.column("selected"), pc.greater(pl.column("weight"), 0))
+        table = table.filter(keep)
+    else:
+        table = table.set_column(3, "weight", pa.array([1.0] * table.num_rows, pa.float32()))
+    for start in range(0, table.num_rows, TRAIN_BLOCK_ROWS):
+        yield table.slice(start, TRAIN_BLOCK_ROWS)
 
 
 def distill(cfg: DistillConfig) -> Path:
     """Train one student for ``cfg.lang`` on round ``cfg.round``; returns its folder."""
-    import ray
-
+    from xner_ray.store import Store
     from xner_ray.train.steps import KDStep
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = out / "train_set.parquet"
-    files, labels = committed_round(cfg.store, cfg.run_id, cfg.lang, cfg.round)
-    n = export_training_set(files, data, selected_only=cfg.selected_only)
+    store = Store(cfg.store)
+    manifest = committed_round(cfg.store, cfg.run_id, cfg.lang, cfg.round)
+    labels = manifest["labels"]
+    files = {t: [store.path(f) for f in v["files"]] for t, v in manifest["tables"].items()}
+    selector = round_selector(manifest.get("meta", {}))
+    counts = manifest.get("meta", {}).get("counts", {})
+    ds = training_dataset(store, file_pairs(files), selector=selector,
+                          selected_only=cfg.selected_only)
+    n = (counts.get("selected") if cfg.selected_only else counts.get("sentences"))
+    if n is None:
+        n = ds.count()  # a round committed without counts: one distributed pass
+    if n == 0:
+        raise ValueError("the round has no selected pseudo-labels to learn from")
     dev, dev_rej = read_labeled(cfg.dev, "source dev")
     unknown = sorted({t for s in dev for t in s.tags} - set(labels))
     if unknown:
         raise ValueError(f"source dev tags {unknown} are not in the pseudo-labels' set {labels}")
-    ds = ray.data.read_parquet(str(data), num_cpus=0.25)  # light reads beside the workers
-    try:
-        return fit(cfg, step=KDStep, labels=labels, dataset=ds, n_train=n, dev=dev,
-                   name=f"student-{cfg.lang}",
-                   extra_summary={"source": {"run_id": cfg.run_id, "lang": cfg.lang,
-                                             "round": cfg.round}})
-    finally:
-        data.unlink(missing_ok=True)
+    return fit(cfg, step=KDStep, labels=labels, dataset=ds, n_train=n, dev=dev,
+               name=f"student-{cfg.lang}",
+               extra_summary={"source": {"run_id": cfg.run_id, "lang": cfg.lang,
+                                         "round": cfg.round}})

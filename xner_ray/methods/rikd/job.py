@@ -14,6 +14,7 @@ submitted again resumes at round k, reusing rounds 0..k-1 unchanged.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from xner_ray.methods.common import (JobConfig, TargetSpec, ensure_teacher, run_
                                      student_config, target_scores, write_json)
 
 SELECTOR_ID = "rikd_policy.v1"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -79,7 +81,7 @@ def _run_language(cfg: RikdConfig, store, target: TargetSpec, teacher: str, dev)
             if not (student / "train_summary.json").exists():
                 raise RuntimeError(f"round {k} of {cfg.run_id}/{target.lang} is committed but its "
                                    f"student {student} is missing; restore it or use a new run id")
-            print(f"[rikd] {target.lang} round {k}: complete, resumed from it", flush=True)
+            logger.info("%s round %d: complete, resumed from it", target.lang, k)
             summaries.append(json.loads((student / "round_summary.json").read_text()))
         else:
             summaries.append(_run_round(cfg, store, target, teacher, k, dev))
@@ -88,12 +90,10 @@ def _run_language(cfg: RikdConfig, store, target: TargetSpec, teacher: str, dev)
 
 
 def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int, dev) -> dict:
-    """Label with ``teacher``, train the round's student, fill the policy columns, commit."""
-    import ray
-
-    from xner_ray.labeling.pipeline import LabelConfig, open_rounds
-    from xner_ray.train.distill import export_training_set
+    """Label with ``teacher``, train the round's student, add the policy's decisions, commit."""
+    from xner_ray.labeling.pipeline import LabelConfig, label_rounds
     from xner_ray.methods.rikd.step import RikdStep
+    from xner_ray.train.distill import training_dataset
     from xner_ray.train.loop import fit
     from xner_ray.train.steps import KDStep
 
@@ -103,26 +103,24 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
                             inputs=[{"path": target.unlabeled, "lang": target.lang,
                                      "fmt": target.fmt}], selector=cfg.selector,
                             lang_scorers=cfg.lang_scorers, **cfg.label)
-    with open_rounds(label_cfg, store) as writers:
-        writer = writers[target.lang]
-        files = {t: writer.files(t) for t in ("sentences", "pseudo_labels")}
-        data = student.parent / f"train-round{k}.parquet"
-        student.parent.mkdir(parents=True, exist_ok=True)
-        # keep_all selects every row with weight 1: the same set as before a selector existed
-        n = export_training_set(files, data, selected_only=True)
-        artifacts = student / "_policy"
+    with label_rounds(label_cfg, store) as rounds:
+        r = rounds[target.lang]
+        n = r.counts["selected"]  # keep_all selects every row with weight 1
+        if n == 0:
+            raise ValueError(f"{target.lang} round {k}: no selected pseudo-labels to learn from")
+        # decisions go under this attempt's prefix: a resumed round never sees an older attempt's
+        artifacts = store.to_uri(f"{r.prefix}/rikd") if cfg.reinforce else None
         train_cfg = student_config(student, cfg.student)
         fit(train_cfg, step=RikdStep if cfg.reinforce else KDStep,
-            labels=writer.labels, dataset=ray.data.read_parquet(str(data), num_cpus=0.25),
+            labels=r.labels, dataset=training_dataset(store, r.pairs(), selector=r.selector),
             n_train=n, dev=dev, name=f"{cfg.run_id}-{target.lang}-round{k}",
             # each round builds a fresh policy; its seed differs per round, else every round
             # would draw the same keep/drop stream over the same batch positions
             step_args=dict(warmup_steps=cfg.warmup_steps, policy_lr=cfg.policy_lr,
-                           reward_scale=cfg.reward_scale, seed=train_cfg.seed + k),
-            artifacts_dir=str(artifacts) if cfg.reinforce else None)
-        data.unlink(missing_ok=True)
-        policy = (_apply_decisions(writer, artifacts, _selector_id(cfg.selector))
-                  if cfg.reinforce else {})
+                           reward_scale=cfg.reward_scale, seed=train_cfg.seed + k,
+                           selector_id=_selector_id(cfg.selector)),
+            artifacts_dir=artifacts)
+        policy = _add_decisions(store, r) if cfg.reinforce else {}
         summary = {"round": k, "teacher": teacher, "student": str(student), "n_train": n,
                    **policy, "target_dev": target_scores(student, target),
                    "source_dev_f1": json.loads((student / "train_summary.json").read_text())
@@ -130,13 +128,12 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
                    # wall time of this round (labeling, training, evaluation) when it ran; a
                    # resumed round keeps it, so callers can total a run's time across resumes
                    "seconds": round(time.monotonic() - t0, 1)}
-        writer.meta["rikd"] = summary
+        r.meta["rikd"] = summary
         write_json(student / "round_summary.json", summary)
     store.update_run(cfg.run_id, round=k, metrics={target.lang: summary})
     dev_f1 = (summary["target_dev"] or {}).get("f1")
-    print(f"[rikd] {target.lang} round {k}: source dev F1 {summary['source_dev_f1']:.4f}"
-          + (f", target dev F1 {dev_f1:.4f} (report only)" if dev_f1 is not None else ""),
-          flush=True)
+    logger.info("%s round %d: source dev F1 %.4f%s", target.lang, k, summary["source_dev_f1"],
+                f", target dev F1 {dev_f1:.4f} (report only)" if dev_f1 is not None else "")
     return summary
 
 
@@ -148,39 +145,29 @@ def _selector_id(spec: str) -> str:
     return SELECTOR_ID if isinstance(pre, KeepAll) else f"{pre.id}+{SELECTOR_ID}"
 
 
-def _apply_decisions(writer, artifacts: Path, selector_id: str = SELECTOR_ID) -> dict:
-    """Fill ``policy_p``/``selected``/``weight`` of the round's pseudo-labels from the policy's
-    last decision per instance; instances the reinforced phase never reached: policy_p null,
-    selected false. Returns the discard ratio and mean reward over the reinforced steps."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+def _add_decisions(store, r) -> dict:
+    """Add the decision files the training ranks wrote under this attempt's prefix to the
+    round's ``decisions`` table (counts from their footers); the per-step history (small) goes
+    to the manifest. Returns the discard ratio and mean reward over the reinforced steps."""
+    import pyarrow.fs as pafs
 
-    parts = sorted(artifacts.glob("decisions-rank*.parquet"))
-    decisions = (pa.concat_tables([pq.read_table(p) for p in parts]) if parts
-                 else pa.table({"sent_id": pa.array([], pa.string()),
-                                "policy_p": pa.array([], pa.float32()),
-                                "selected": pa.array([], pa.bool_())}))
-    by_id = {s: (p, k) for s, p, k in zip(decisions.column("sent_id").to_pylist(),
-                                          decisions.column("policy_p").to_pylist(),
-                                          decisions.column("selected").to_pylist())}
+    from xner_ray.store.sink import file_stats
 
-    def fill(table: pa.Table) -> pa.Table:
-        got = [by_id.get(s) for s in table.column("sent_id").to_pylist()]
-        p = pa.array([g[0] if g else None for g in got], pa.float32())
-        sel = pa.array([bool(g and g[1]) for g in got], pa.bool_())
-        cols = {"policy_p": p, "selected": sel, "weight": pc.cast(sel, pa.float32()),
-                "selector": pa.array([selector_id] * table.num_rows, pa.string())}
-        for name, arr in cols.items():
-            table = table.set_column(table.schema.get_field_index(name), name, arr)
-        return table
-
-    writer.rewrite("pseudo_labels", fill)
-    history = [r for p in sorted(artifacts.glob("history-rank*.json"))
-               for r in json.loads(p.read_text())]
-    writer.meta["rikd_steps"] = history  # discard ratio and reward per step, in the manifest
+    base = f"{r.prefix}/rikd"
+    infos = (store.fs.get_file_info(pafs.FileSelector(base))
+             if store.fs.get_file_info(base).type == pafs.FileType.Directory else [])
+    decided, history = 0, []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.base_name.startswith("decisions-rank"):
+            stats = file_stats(store.fs, info.path)
+            r.add({"table": "decisions", "lang": r.lang, "path": info.path, **stats})
+            decided += stats["rows"]
+        elif info.base_name.startswith("history-rank"):
+            with store.fs.open_input_stream(info.path) as f:
+                history += json.loads(f.read().decode())
+    r.meta["rikd_steps"] = history  # discard ratio and reward per step, in the manifest
     return {"rl_steps": len(history),
-            "discard_ratio": (sum(r["discard_ratio"] for r in history) / len(history)
+            "discard_ratio": (sum(h["discard_ratio"] for h in history) / len(history)
                               if history else None),
-            "mean_reward": sum(r["reward"] for r in history) / len(history) if history else None,
-            "decided_instances": len(by_id)}
+            "mean_reward": sum(h["reward"] for h in history) / len(history) if history else None,
+            "decided_instances": decided}

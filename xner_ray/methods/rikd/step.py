@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -14,23 +13,27 @@ from xner_ray.train.steps import KDBatch, StepContext, kd_loss
 class RikdStep:
     """RIKD Algorithm 2 for one worker: ``warmup_steps`` KD steps on all instances (J_w), then
     reinforced steps (J_r): sample keep/drop per instance from the policy on the state built
-    with the current student, update the student on the kept sub-batch (Eq. 2), reward = KD loss
-    on that sub-batch before minus after the update (Eq. 3), REINFORCE (Eq. 4).
+    with the current student, update the student on the kept sub-batch (Eq. 2), reward from
+    the KD loss of the kept sub-batch (Eq. 3; ``reward``: ``"consecutive"`` -- previous step's
+    loss minus this step's, the paper's Algorithm 2 line 11 -- or ``"same_batch"``, before minus
+    after this step's update), REINFORCE (Eq. 4) with a running reward baseline, normalised
+    rewards and standardised states (``policy.RLSelector``).
 
-    Loss "before" and "after" are both taken in eval mode (no dropout noise in the reward). With
+    Losses for the reward are taken in eval mode (no dropout noise in the reward). With
     several workers each trains its own policy on its shard, and every rank always runs the
     backward pass (discarded instances get weight 0) so DDP's collectives stay in step.
     """
 
     def __init__(self, ctx: StepContext, warmup_steps: int = 100, policy_lr: float = 0.01,
                  reward_scale: float = 1.0, seed: int = 0, d_u: int = 50, d_z: int = 256,
-                 d_s: int = 256, **_: Any):
-        from xner_ray.methods.rikd.policy import RLSelector
+                 d_s: int = 256, reward: str = "consecutive", **_: Any):
+        from xner_ray.methods.rikd.policy import DelayedReward, RLSelector
 
         self.ctx, self.warmup, self.n = ctx, warmup_steps, 0
         self.selector = RLSelector.build(ctx.labels, ctx.bare.config.hidden_size, d_u=d_u,
                                          d_z=d_z, d_s=d_s, seed=seed + ctx.rank, lr=policy_lr,
                                          reward_scale=reward_scale).to(ctx.device)
+        self.reward = DelayedReward(reward)
         self.decisions: dict[str, tuple[float, bool]] = {}  # sent_id -> last (p, kept)
         self._epoch: list[dict] = []
 
@@ -40,11 +43,12 @@ class RikdStep:
             with self.ctx.autocast():
                 loss = kd_loss(self.ctx, batch)
             self.ctx.update(loss)
+            self.reward.start(loss.item())  # Eq. 3: the first cached loss is the last warm-up's
             return loss.item()
         return self._reinforced(batch)
 
     def _reinforced(self, batch) -> float:
-        from xner_ray.methods.rikd.policy import StateInputs, delayed_reward, subbatch_kd_loss
+        from xner_ray.methods.rikd.policy import StateInputs, subbatch_kd_loss
         from xner_ray.train.losses import KD_LOSSES
 
         ctx = self.ctx
@@ -66,14 +70,18 @@ class RikdStep:
                                           kb.weights * keep.float())
         # nothing kept on a single worker: no update at all (the paper skips the step)
         ctx.update(loss, apply=kept or ctx.world > 1)
-        reward = None
-        if kept:
-            ctx.bare.eval()
-            with torch.no_grad(), ctx.autocast():
-                after = subbatch_kd_loss(kb.word_outputs(ctx.bare, ctx).float(), kb.teacher,
-                                         kb.mask, keep, loss=ctx.kd_loss).item()
-            reward = delayed_reward(before, after)
-        self._epoch.append(self.selector.learn(cached, reward))
+        if not kept:
+            self._epoch.append(self.selector.learn(cached, None))
+        else:
+            after = None
+            if self.reward.needs_after:
+                ctx.bare.eval()
+                with torch.no_grad(), ctx.autocast():
+                    after = subbatch_kd_loss(kb.word_outputs(ctx.bare, ctx).float(), kb.teacher,
+                                             kb.mask, keep, loss=ctx.kd_loss).item()
+            r = self.reward(before, after)
+            self._epoch.append(self.selector.skip(cached) if r is None
+                               else self.selector.learn(cached, r))
         ctx.model.train()
         return loss.item()
 
@@ -86,18 +94,16 @@ class RikdStep:
                 "reward": sum(r["reward"] for r in recs) / len(recs)}
 
     def finish(self, out_dir: Optional[str]) -> None:
-        """Write this rank's per-instance decisions and per-step history under ``out_dir``."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        """Write this rank's per-instance decisions (rows of the store's ``decisions`` table)
+        and per-step history under ``out_dir``: a path or URI every node sees (the round's
+        attempt prefix in the store), so nothing travels through the driver."""
+        from xner_ray.store.sink import write_decisions, write_text
 
         if not out_dir:
             return
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
         ids = list(self.decisions)
-        pq.write_table(pa.table({
-            "sent_id": pa.array(ids, pa.string()),
-            "policy_p": pa.array([self.decisions[i][0] for i in ids], pa.float32()),
-            "selected": pa.array([self.decisions[i][1] for i in ids], pa.bool_())}),
-            d / f"decisions-rank{self.ctx.rank}.parquet")
-        (d / f"history-rank{self.ctx.rank}.json").write_text(json.dumps(self.selector.history))
+        write_decisions(f"{out_dir}/decisions-rank{self.ctx.rank}.parquet", ids,
+                        [self.decisions[i][0] for i in ids], [self.decisions[i][1] for i in ids],
+                        self.selector_id)
+        write_text(f"{out_dir}/history-rank{self.ctx.rank}.json",
+                   json.dumps(self.selector.history))

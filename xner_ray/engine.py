@@ -1,0 +1,257 @@
+"""The one module that wires Ray Data: every pipeline of the project runs through here.
+
+A :class:`Plan` is Ray-free: work items and a read function (one read task per item, e.g. an
+input file), a chain of :class:`Stage` s (plain classes that load their model in ``__init__``
+and map a ``pyarrow.Table`` to a ``pyarrow.Table``), and a sink (a plain object whose
+``write(tables) -> list[dict]`` writes files and returns small records: paths, row counts,
+sums). :func:`run` executes it on the connected Ray cluster -- read tasks, actor pools with
+the stages' resources, write tasks -- and returns the sink's records; :func:`run_local` does
+the same in this process, with the same signature, for tests and baselines. No row reaches
+the driver on either path: the driver plans, then commits from the records.
+
+Whole-set decisions (top-rho selectors) also stay off the driver: :func:`exact_cutoffs` sorts
+the ranking keys with Ray Data and fetches the one block that holds the cut-off row.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A Ray-free batch transform and the resources of the actors that run it."""
+
+    cls: type
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    batch_size: int = 256
+    num_cpus: float = 0.25
+    num_gpus: float = 0.0
+    min_actors: int = 1
+    max_actors: int = 1
+
+
+@dataclass
+class Plan:
+    """Items -> read -> stages -> sink. ``read(item)`` yields Arrow tables of ``schema``."""
+
+    items: list
+    read: Callable[[Any], Iterator[pa.Table]]
+    stages: list[Stage]
+    sink: Any
+    schema: Optional[pa.Schema] = None
+    read_cpus: float = 0.25
+    rows_per_write: Optional[int] = None  # rows a write task gathers before writing one file
+    name: str = "pipeline"
+
+
+def run(plan: Plan, *, local: bool = False) -> list[dict]:
+    """Execute ``plan`` on the connected Ray cluster (or in-process); the sink's records."""
+    return run_local(plan) if local else run_ray(plan)
+
+
+def run_local(plan: Plan) -> list[dict]:
+    """The same plan in this process: one instance per stage, blocks in order."""
+    stages = [s.cls(*s.args, **s.kwargs) for s in plan.stages]
+    records: list[dict] = []
+    pending: list[pa.Table] = []
+    rows = 0
+    for item in plan.items:
+        for table in plan.read(item):
+            for stage, spec in zip(stages, plan.stages):
+                table = _in_batches(stage, table, spec.batch_size)
+            pending.append(table)
+            rows += table.num_rows
+            if plan.rows_per_write is None or rows >= plan.rows_per_write:
+                records += plan.sink.write(pending)
+                pending, rows = [], 0
+    if pending:
+        records += plan.sink.write(pending)
+    return records
+
+
+def _in_batches(stage, table: pa.Table, size: int) -> pa.Table:
+    if table.num_rows <= size:
+        return stage(table)
+    return pa.concat_tables([stage(table.slice(i, size)) for i in range(0, table.num_rows, size)])
+
+
+def dataset(items: list, read: Callable[[Any], Iterator[pa.Table]], *,
+            schema: Optional[pa.Schema] = None, read_cpus: float = 0.25):
+    """A Ray dataset with one read task per item (a file, a pair of files...)."""
+    import ray
+
+    return ray.data.read_datasource(_item_source(items, read, schema), num_cpus=read_cpus)
+
+
+def _apply_stages(ds, stages: Sequence[Stage]):
+    from ray.data import ActorPoolStrategy
+
+    for s in stages:
+        ds = ds.map_batches(s.cls, fn_constructor_args=s.args, fn_constructor_kwargs=s.kwargs,
+                            batch_size=s.batch_size, batch_format="pyarrow",
+                            compute=ActorPoolStrategy(min_size=s.min_actors,
+                                                      max_size=s.max_actors),
+                            num_cpus=s.num_cpus, num_gpus=s.num_gpus)
+    return ds
+
+
+def run_ray(plan: Plan) -> list[dict]:
+    ds = _apply_stages(dataset(plan.items, plan.read, schema=plan.schema,
+                               read_cpus=plan.read_cpus), plan.stages)
+    return write(ds, plan.sink, rows_per_write=plan.rows_per_write)
+
+
+def write(ds, sink, *, rows_per_write: Optional[int] = None, num_cpus: float = 0.25) -> list[dict]:
+    """Write a Ray dataset through a Ray-free sink in write tasks; the sink's records."""
+    datasink = _make_datasink(sink, rows_per_write)
+    ds.write_datasink(datasink, ray_remote_args={"num_cpus": num_cpus})
+    return datasink.records
+
+
+def _make_datasink(sink, rows_per_write: Optional[int]):
+    from ray.data import Datasink
+    from ray.data.block import BlockAccessor
+
+    class SinkAdapter(Datasink):
+        """Write tasks call the sink; the driver keeps only the records they return."""
+
+        def __init__(self):
+            self.records: list[dict] = []
+
+        def write(self, blocks, ctx) -> list[dict]:
+            return sink.write([BlockAccessor.for_block(b).to_arrow() for b in blocks])
+
+        def on_write_complete(self, write_result) -> None:
+            self.records = [r for task in write_result.write_returns for r in task]
+
+        @property
+        def min_rows_per_write(self) -> Optional[int]:
+            return rows_per_write
+
+        def get_name(self) -> str:
+            return type(sink).__name__
+
+    return SinkAdapter()
+
+
+def _item_source(items: list, read: Callable, schema: Optional[pa.Schema]):
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    class ItemSource(Datasource):
+        def estimate_inmemory_data_size(self) -> Optional[int]:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+            tasks = []
+            for item in items:
+                meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
+                                     input_files=None)
+                tasks.append(ReadTask(lambda item=item: read(item), meta, schema=schema,
+                                      per_task_row_limit=per_task_row_limit))
+            return tasks
+
+    return ItemSource()
+
+
+# -- whole-set decisions -------------------------------------------------------------------------
+class KeyStage:
+    """Ranking keys of a set selector: columns ``key_0..key_{K-1}`` and ``sent_id``."""
+
+    def __init__(self, selector):
+        self.selector = selector
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        keys, _ = self.selector.batch_keys(table)
+        keys = np.asarray(keys, dtype=np.float64).reshape(table.num_rows, -1)
+        out = {f"key_{k}": keys[:, k] for k in range(keys.shape[1])}
+        return pa.table({**out, "sent_id": table.column("sent_id")})
+
+
+def _cutoff(key: float, sent_id: str, k: int, n: int) -> tuple:
+    if k >= n:
+        return ("all",)
+    if k == 0:
+        return ("none",)
+    return ("at", key, sent_id)
+
+
+def exact_cutoffs(files: list[str], filesystem, selector, n_rows: int, *,
+                  local: bool = False) -> list[tuple]:
+    """Each ranking's cut-off of a set selector over the rows of ``files`` (Parquet).
+
+    Ray: the keys are computed in tasks, sorted by Ray Data (key, then sent_id: ties broken as
+    the selector does) and only the block holding row k-1 is fetched -- the driver never holds
+    the set. ``local``: the same, in memory (tests, the in-process runner)."""
+    from xner_ray.selectors import n_kept
+
+    k = n_kept(selector.rho, n_rows)
+    stage = KeyStage(selector)
+    if local or k in (0, n_rows):
+        return _cutoffs_local(files, filesystem, stage, k, n_rows, selector)
+    import ray
+
+    keys = ray.data.read_parquet(files, filesystem=filesystem,
+                                 columns=list(dict.fromkeys([*selector.rank_columns, "sent_id"])),
+                                 num_cpus=0.25)
+    keys = keys.map_batches(stage, batch_format="pyarrow", num_cpus=0.25).materialize()
+    n_keys = len([c for c in keys.schema().names if c.startswith("key_")])
+    return [_kth_row(keys.select_columns([f"key_{j}", "sent_id"]).sort([f"key_{j}", "sent_id"]),
+                     f"key_{j}", k, n_rows) for j in range(n_keys)]
+
+
+def _kth_row(sorted_ds, key: str, k: int, n: int) -> tuple:
+    import ray
+    from ray.data.block import BlockAccessor
+
+    seen = 0
+    for bundle in sorted_ds.iter_internal_ref_bundles():
+        for entry in bundle.blocks:
+            ref, meta = (entry.ref, entry.metadata) if hasattr(entry, "ref") else entry
+            if seen + meta.num_rows >= k:
+                block = BlockAccessor.for_block(ray.get(ref)).to_arrow()
+                row = block.slice(k - 1 - seen, 1).to_pylist()[0]
+                return _cutoff(row[key], row["sent_id"], k, n)
+            seen += meta.num_rows
+    raise RuntimeError(f"sorted keys hold {seen} rows, expected {n}")
+
+
+def _cutoffs_local(files, filesystem, stage: KeyStage, k: int, n: int, selector) -> list[tuple]:
+    import pyarrow.parquet as pq
+
+    from xner_ray.selectors import cutoffs_from_keys
+
+    cols = list(dict.fromkeys([*selector.rank_columns, "sent_id"]))
+    tables = [stage(pq.read_table(f, filesystem=filesystem, columns=cols)) for f in files]
+    if not tables:
+        return [("none",)]
+    keys = pa.concat_tables(tables)
+    names = [c for c in keys.column_names if c.startswith("key_")]
+    matrix = np.stack([keys.column(c).to_numpy() for c in names], axis=1)
+    return cutoffs_from_keys(matrix, np.asarray(keys.column("sent_id").to_pylist(), dtype=str),
+                             selector.rho)
+
+
+def map_files(files: list[str], filesystem, stages: Sequence[Stage], sink, *,
+              columns: Optional[list[str]] = None, local: bool = False) -> list[dict]:
+    """Read Parquet ``files`` (only ``columns``), run ``stages``, write through ``sink``."""
+    if local:
+        import pyarrow.parquet as pq
+
+        plan = Plan(items=list(files), stages=list(stages), sink=sink,
+                    read=lambda f: iter([pq.read_table(f, filesystem=filesystem,
+                                                       columns=columns)]))
+        return run_local(plan)
+    import ray
+
+    ds = ray.data.read_parquet(files, filesystem=filesystem, columns=columns, num_cpus=0.25)
+    return write(_apply_stages(ds, stages), sink)
