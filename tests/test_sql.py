@@ -133,7 +133,8 @@ def test_every_question_has_a_header_and_a_test():
         assert text.startswith("-- Question:") and "-- Output columns:" in text, name
     tested = {"sentences_entities", "label_distribution", "confidence_histogram",
               "selection_summary", "top_entities", "label_flips", "pseudo_label_prf",
-              "boundary_errors", "rejects_per_reason", "projection_status", "runs_overview"}
+              "boundary_errors", "rejects_per_reason", "projection_status", "runs_overview",
+              "policy_auc"}
     assert set(files) == tested
 
 
@@ -371,3 +372,60 @@ def test_wheel_ships_the_sql_questions(tmp_path):
         capture_output=True, text=True, check=True).stdout.splitlines()
     assert found[0] == str(tmp_path / "site" / "xner_ray" / "_sql")
     assert found[1] == str(sorted(p.stem for p in (repo / "sql").glob("*.sql")))
+
+
+# -- policy_auc.sql: RIKD's keep probability against pseudo-label correctness -----------------
+
+# sent_id: (tokens, gold tags or None, pseudo-label tags, policy_p or None)
+POLICY = {
+    "c1": ("Ana vive", "B-PER O", "B-PER O", 0.9),          # correct
+    "c2": ("en Lima", "O B-LOC", "O B-LOC", 0.6),           # correct
+    "c3": ("hoy no", "O O", "O O", 0.6),                    # correct
+    "w1": ("la ONU", "O B-ORG", "O B-LOC", 0.6),            # wrong type
+    "w2": ("Juan Pérez", "B-PER I-PER", "B-PER O", 0.3),    # wrong boundary
+    "w3": ("en Roma", "O B-LOC", "O O", 0.1),               # missed
+    "g0": ("Hola", None, "O", 0.99),                        # no gold: left out
+    "n0": ("y Ana", "O B-PER", "O O", None),                # never decided: left out
+}
+
+
+def test_policy_auc_against_a_hand_computation(tmp_path):
+    store = Store(tmp_path / "store")
+    store.record_run("rk", "rikd", {"rounds": 2})
+    rows = {k: (v[2], 0.8) for k, v in POLICY.items()}
+    with store.round_writer("rk", "es", 0, labels=LABELS) as w:
+        w.write_sentences(_sentences({k: v[:2] for k, v in POLICY.items()}))
+        batch = pseudo_batch(rows, "t@0")
+        batch["policy_p"] = np.array([POLICY[k][3] for k in batch["sent_id"]], dtype=object)
+        w.write_pseudo_labels(batch)
+    with store.round_writer("rk", "es", 1, labels=LABELS) as w:  # every decided one correct
+        batch = pseudo_batch({"c1": ("B-PER O", 0.9), "c2": ("O B-LOC", 0.9)}, "t@1")
+        batch["policy_p"] = np.array([0.2, 0.7], dtype=object)
+        w.write_pseudo_labels(batch)
+    store.update_run("rk", status="succeeded")
+    got = {r["round"]: r for r in sqlshell.run_sql(sqlshell.connect(store.root), "policy_auc",
+                                                    {}, output="arrow").to_pylist()}
+    assert set(got) == {0, 1}
+    r0 = got[0]
+    assert (r0["run_id"], r0["lang"], r0["sentences"], r0["correct"], r0["wrong"]) == (
+        "rk", "es", 6, 3, 3)
+    # 9 (correct, wrong) pairs: 0.9 beats all 3; each 0.6 beats 0.3 and 0.1 and ties 0.6 (1/2)
+    assert r0["auc"] == pytest.approx((3 + 2.5 + 2.5) / 9)
+    assert r0["mean_p_correct"] == pytest.approx(0.7, rel=1e-6)
+    assert r0["mean_p_wrong"] == pytest.approx(1.0 / 3, rel=1e-6)
+    assert got[1]["auc"] is None and got[1]["wrong"] == 0
+    # the same AUC as a pairwise count over random scores with ties
+    rng = np.random.default_rng(0)
+    p, ok = rng.choice([0.1, 0.5, 0.9], 40), rng.random(40) < 0.5
+    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in p[ok] for b in p[~ok]]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT unnest(?) AS policy_p, unnest(?) AS ok",
+                [p.tolist(), ok.tolist()])
+    sql = (sqlshell.sql_dir() / "policy_auc.sql").read_text()
+    ranked = sql[sql.index("ranked AS ("):sql.index("counts AS (")].rstrip().rstrip(",")
+    auc = con.execute(
+        "WITH scored AS (SELECT 'r' AS run_id, 'x' AS lang, 0 AS round, * FROM t), "
+        + ranked + " SELECT (sum(r) FILTER (WHERE ok) - count(*) FILTER (WHERE ok) * "
+        "(count(*) FILTER (WHERE ok) + 1) / 2.0) / (count(*) FILTER (WHERE ok) * "
+        "count(*) FILTER (WHERE NOT ok)) FROM ranked").fetchone()[0]
+    assert auc == pytest.approx(sum(pairs) / len(pairs))
