@@ -26,7 +26,8 @@ class RikdStep:
 
     def __init__(self, ctx: StepContext, warmup_steps: int = 100, policy_lr: float = 0.01,
                  reward_scale: float = 1.0, seed: int = 0, d_u: int = 50, d_z: int = 256,
-                 d_s: int = 256, reward: str = "consecutive", **_: Any):
+                 d_s: int = 256, reward: str = "consecutive",
+                 selector_id: str = "rikd_policy.v1", **_: Any):
         from xner_ray.methods.rikd.policy import DelayedReward, RLSelector
 
         self.ctx, self.warmup, self.n = ctx, warmup_steps, 0
@@ -34,12 +35,15 @@ class RikdStep:
                                          d_z=d_z, d_s=d_s, seed=seed + ctx.rank, lr=policy_lr,
                                          reward_scale=reward_scale).to(ctx.device)
         self.reward = DelayedReward(reward)
-        self.decisions: dict[str, tuple[float, bool]] = {}  # sent_id -> last (p, kept)
+        self.decisions: dict[str, tuple[Optional[float], bool]] = {}  # sent_id -> (p, kept)
+        self.selector_id = selector_id  # the ``selector`` of the decisions rows
         self._epoch: list[dict] = []
 
     def __call__(self, batch) -> float:
         self.n += 1
         if self.n <= self.warmup:
+            for sid in batch["sent_id"]:  # J_w: no decision (policy_p null, not selected)
+                self.decisions.setdefault(str(sid), (None, False))
             with self.ctx.autocast():
                 loss = kd_loss(self.ctx, batch)
             self.ctx.update(loss)
