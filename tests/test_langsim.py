@@ -162,3 +162,30 @@ def test_similarity_weights_end_to_end(tiny_model_dir):
     assert list(weights) == ["en", "nl"] and math.isclose(sum(weights.values()), 1.0, rel_tol=1e-9)
     assert diag["tau"] > 0 and 0.0 <= diag["train_accuracy"] <= 1.0
     assert diag["n_source"] == {"en": 8, "nl": 8} and diag["n_target"] == 2 and diag["rank"] == 32
+
+
+# -- the similarity input: a seeded random sample of each corpus --------------------------------
+
+def test_sample_sentences_is_a_seeded_uniform_sample_not_the_head(tmp_path):
+    from xner_ray.methods.tsl.langsim import sample_sentences
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"w{i} x\n" for i in range(1000)), encoding="utf-8")
+    index = lambda sents: [int(s[0][1:]) for s in sents]  # noqa: E731
+    a = sample_sentences(str(path), "xx", 100, seed=1)
+    assert len(a) == 100 and a == sample_sentences(str(path), "xx", 100, seed=1)  # seeded
+    assert index(a) == sorted(set(index(a)))             # distinct, in corpus order
+    assert index(a) != list(range(100))                  # not the first 100 lines
+    assert max(index(a)) > 900 and 350 < np.mean(index(a)) < 650   # spread over the file
+    assert index(sample_sentences(str(path), "xx", 100, seed=2)) != index(a)
+    # uniform: over many seeds every line is drawn about n / N = 10% of the time
+    small = tmp_path / "small.txt"
+    small.write_text("".join(f"w{i}\n" for i in range(20)), encoding="utf-8")
+    counts = np.zeros(20)
+    for seed in range(2000):
+        counts[index(sample_sentences(str(small), "xx", 5, seed=seed))] += 1
+    np.testing.assert_allclose(counts / 2000, 0.25, atol=0.04)
+    # a corpus no larger than n comes back whole, in order
+    assert index(sample_sentences(str(small), "xx", 50, seed=0)) == list(range(20))
+    with pytest.raises(ValueError, match="n >= 1"):
+        sample_sentences(str(small), "xx", 0)

@@ -300,6 +300,32 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def sample_sentences(path_spec, lang: str, n: int, *, seed: int = 0,
+                     fmt: str = "auto") -> list[list[str]]:
+    """A seeded uniform random sample of ``n`` sentences of a corpus, read once with bounded
+    memory (reservoir sampling, Algorithm R), returned in corpus order; the whole corpus when
+    it has at most ``n``. The input of Eq. 10 (source) and Eq. 11 (target): TSL fits the
+    language-ID model on the source corpora and averages over the target set; the head of a
+    file is not a sample of it (a corpus sorted by document or topic would bias the weights).
+    """
+    import random
+
+    from xner_ray.io.text import read_unlabeled
+
+    if n < 1:
+        raise ValueError(f"need n >= 1 sentences, got {n}")
+    rng = random.Random(seed)
+    reservoir: list[tuple[int, list[str]]] = []
+    for i, sent in enumerate(read_unlabeled(path_spec, lang=lang, fmt=fmt)):
+        if i < n:
+            reservoir.append((i, sent.tokens))
+        else:
+            j = rng.randrange(i + 1)
+            if j < n:
+                reservoir[j] = (i, sent.tokens)
+    return [tokens for _, tokens in sorted(reservoir, key=lambda x: x[0])]
+
+
 def similarity_weights(encoder: str | SentenceEncoder,
                        source_sentences_by_lang: Mapping[str, Sequence[Sequence[str]]],
                        target_sentences: Sequence[Sequence[str]], *, batch_size: int = 32,
