@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,29 +94,6 @@ def prepare_model(spec: str, layers, seed: int, work: Path) -> Path:
 
 
 # -- the two contenders (and the HF pipeline on GPU) -----------------------------------------------
-@contextmanager
-def write_probe():
-    """Patch ``pipeline._write`` (both paths write through it) to time the first written batch:
-    the Ray path's first-batch latency includes actor start-up and model loading."""
-    from xner_ray.labeling import pipeline
-
-    seen = {"first": None, "rows": 0, "bytes": 0}
-    original = pipeline._write
-
-    def probe(writer, part):
-        if seen["first"] is None:
-            seen["first"] = time.perf_counter()
-        seen["rows"] += part.num_rows
-        seen["bytes"] += part.nbytes
-        return original(writer, part)
-
-    pipeline._write = probe
-    try:
-        yield seen
-    finally:
-        pipeline._write = original
-
-
 def label_config(model: Path, corpus: Path, store: Path, args):
     from xner_ray.labeling.pipeline import LabelConfig
 
@@ -131,52 +107,23 @@ def run_ray(model: Path, corpus: Path, store: Path, args) -> dict:
     from xner_ray.labeling.pipeline import label
 
     cfg = label_config(model, corpus, store, args)
-    with write_probe() as seen:
-        t0 = time.perf_counter()
-        summary = label(cfg)
-        seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "first_batch_s": seen["first"] - t0,
-            "sentences": summary[LANG]["sentences"]}
+    t0 = time.perf_counter()
+    summary = label(cfg)
+    return {"seconds": time.perf_counter() - t0, "sentences": summary[LANG]["sentences"]}
 
 
 def run_plain(model: Path, corpus: Path, store: Path, args) -> dict:
-    """What one would write without Ray: one process, the same stages, blocks and writer.
+    """What one would write without Ray: one process, the same stages, blocks and writer --
+    the engine's in-process runner (``LabelConfig.local``) over the same plan.
 
     Timed from loading the stages (model load included, as it is inside the Ray time)."""
-    from xner_ray.io.text import read_unlabeled
-    from xner_ray.labeling import pipeline
-    from xner_ray.labeling.source import _rows
-    from xner_ray.labeling.stages import SubwordStage, TeacherStage
-    from xner_ray.records import RejectSink
-    from xner_ray.selectors import make_selector
-    from xner_ray.store import Store
+    from xner_ray.labeling.pipeline import label
 
     cfg = label_config(model, corpus, store, args)
-    with write_probe() as seen:
-        t0 = time.perf_counter()
-        st = Store(cfg.store)
-        st.record_run(cfg.run_id, "label", cfg.run_config())
-        subword = SubwordStage(str(model), cfg.max_length)
-        teacher = TeacherStage([str(model)], batch_size=cfg.batch_size, threads=args.plain_threads,
-                               teacher_id=pipeline._teacher_id(cfg))
-        selector = make_selector(cfg.selector)
-        sink = RejectSink()
-        meta = {"teachers": cfg.teachers, "weights": cfg.weights, "selector": selector.id}
-        with st.round_writer(cfg.run_id, LANG, cfg.round, labels=teacher.labels, meta=meta,
-                             rows_per_file=cfg.rows_per_file) as w:
-            block = []
-            for s in read_unlabeled(str(corpus), lang=LANG, rejects=sink,
-                                    max_words=cfg.max_words):
-                block.append(s)
-                if len(block) >= cfg.block_rows:
-                    pipeline._write(w, selector(teacher(subword(_rows(block, False)))))
-                    block = []
-            if block:
-                pipeline._write(w, selector(teacher(subword(_rows(block, False)))))
-            w.write_rejects(sink)
-        st.update_run(cfg.run_id, round=cfg.round, status="succeeded")
-        seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "first_batch_s": seen["first"] - t0, "sentences": seen["rows"]}
+    cfg.local, cfg.threads = True, args.plain_threads
+    t0 = time.perf_counter()
+    summary = label(cfg)
+    return {"seconds": time.perf_counter() - t0, "sentences": summary[LANG]["sentences"]}
 
 
 def run_hf(model: Path, corpus: Path, args) -> dict:
@@ -201,7 +148,7 @@ def run_hf(model: Path, corpus: Path, args) -> dict:
     for _ in pipe((t for t in texts), batch_size=args.batch_size):
         first = first or time.perf_counter()
         n += 1
-    return {"seconds": time.perf_counter() - t0, "first_batch_s": (first or t0) - t0,
+    return {"seconds": time.perf_counter() - t0,
             "sentences": n}
 
 
@@ -246,8 +193,8 @@ def _check_and_log(reps: dict, n: int, where: str) -> None:
             r = reps[side][-1]
             if side != "hf" and r["sentences"] != n:  # a different count: not the same work
                 raise RuntimeError(f"{side} labeled {r['sentences']} of {n} sentences")
-            print(f"[bench] {where} {side}: {r['seconds']:.1f} s ({n / r['seconds']:.0f} sent/s, "
-                  f"first batch {r['first_batch_s']:.1f} s)", flush=True)
+            print(f"[bench] {where} {side}: {r['seconds']:.1f} s ({n / r['seconds']:.0f} sent/s)",
+                  flush=True)
 
 
 def summarize(n: int, words: int, reps: dict, check: float) -> dict:
@@ -257,8 +204,7 @@ def summarize(n: int, words: int, reps: dict, check: float) -> dict:
         secs = [r["seconds"] for r in runs]
         return {"seconds": [round(s, 2) for s in secs],
                 "sentences_per_s": round(n / statistics.median(secs), 1),
-                "words_per_s": round(words / statistics.median(secs), 1),
-                "first_batch_s": round(statistics.median(r["first_batch_s"] for r in runs), 2)}
+                "words_per_s": round(words / statistics.median(secs), 1)}
 
     ratios = [p["seconds"] / r["seconds"] for r, p in zip(reps["ray"], reps["plain"])]
     out = {"sentences": n, "words": words, "ray": side(reps["ray"]),
@@ -390,7 +336,6 @@ def warmup(args, model: Path, tmp: Path, blocks: list[str]) -> dict:
     print(f"[bench] cold first job on {n} sentences: ray {ray_r['seconds']:.1f} s, "
           f"plain {plain_r['seconds']:.1f} s", flush=True)
     return {"sentences": n, "ray_s": round(ray_r["seconds"], 2),
-            "ray_first_batch_s": round(ray_r["first_batch_s"], 2),
             "plain_s": round(plain_r["seconds"], 2)}
 
 
@@ -411,9 +356,9 @@ def _md_header(r: dict) -> list[str]:
         f"# Labeling throughput ({r['device']})", "",
         "Ray Data pipeline (`label()`, a store in a temp dir) vs a plain single-process loop over "
         f"the same model, blocks and work (same stages, selector `{b['selector']}`, same "
-        "`RoundWriter`). Sentences: CoNLL-2002 es train read as unlabeled text, cycled when a "
+        "sink: the engine's in-process runner). Sentences: CoNLL-2002 es train read as unlabeled text, cycled when a "
         "size exceeds the file. Times include model loading on both sides; the Ray time also "
-        "includes actor start-up (its first-batch latency).", "",
+        "includes actor start-up.", "",
         f"Budget: model `{b['model']}`{depth}, batch {b['batch_size']}, block_rows "
         f"{b['block_rows']}, max_length {b['max_length']}, plain-loop torch threads "
         f"{b['plain_threads']}; {b['reps']} repetitions per size, interleaved Ray, plain"
@@ -428,9 +373,9 @@ def _md_header(r: dict) -> list[str]:
 
 
 def _md_table(r: dict) -> list[str]:
-    lines = ["| sentences | words | path | sentences/s (median) | words/s (median) | first batch s "
+    lines = ["| sentences | words | path | sentences/s (median) | words/s (median) "
              "| ray/plain throughput (min / median / max) | same tags |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     for s in r["sizes"].values():
         q = s["throughput_ratio_ray_over_plain"]
         rows = [("Ray Data", s["ray"], f"{q['min']} / {q['median']} / {q['max']}"),
@@ -440,7 +385,7 @@ def _md_table(r: dict) -> list[str]:
                          f"(hf/plain {s['ratio_hf_over_plain_median']})"))
         for name, m, ratio in rows:
             lines.append(f"| {s['sentences']} | {s['words']} | {name} | {m['sentences_per_s']} | "
-                         f"{m['words_per_s']} | {m['first_batch_s']} | {ratio} | "
+                         f"{m['words_per_s']} | {ratio} | "
                          f"{s['same_tags_share'] if name == 'Ray Data' else ''} |")
     return lines
 

@@ -15,6 +15,7 @@ from xner_ray import cluster
 ])
 def test_derived_layouts(monkeypatch, cpus, gpus, expect):
     monkeypatch.setattr(cluster, "cluster_cpus_gpus", lambda: (float(cpus), float(gpus)))
+    monkeypatch.setattr(cluster, "_gpu_node_cpu_share", lambda: cpus / gpus if gpus else None)
     r = cluster.derive_workers()
     assert (r.num_workers, r.cpus_per_worker, r.use_gpu, r.torch_threads) == expect
     assert r.num_workers * r.cpus_per_worker <= cpus - 1
@@ -22,7 +23,33 @@ def test_derived_layouts(monkeypatch, cpus, gpus, expect):
 
 def test_impossible_requests_are_clear(monkeypatch):
     monkeypatch.setattr(cluster, "cluster_cpus_gpus", lambda: (2.0, 0.0))
-    with pytest.raises(ValueError, match="no GPU"):
-        cluster.derive_workers(use_gpu=True)
     with pytest.raises(ValueError, match="5 workers x 0.5 CPU do not fit"):
         cluster.derive_workers(num_workers=5)
+
+
+def test_gpus_are_asked_for_not_checked(monkeypatch):
+    """use_gpu on a cluster with no GPU node yet plans GPU workers (pending demands the
+    autoscaler answers); $XNER_MAX_GPUS says how many the GPU group may grow to."""
+    monkeypatch.setattr(cluster, "cluster_cpus_gpus", lambda: (8.0, 0.0))
+    monkeypatch.setattr(cluster, "_gpu_node_cpu_share", lambda: None)
+    r = cluster.derive_workers(use_gpu=True)
+    assert (r.num_workers, r.use_gpu, r.gpus_per_worker) == (1, True, 1.0)
+    monkeypatch.setenv("XNER_MAX_GPUS", "4")
+    monkeypatch.setenv("XNER_CPUS_PER_GPU", "8")
+    r = cluster.derive_workers()  # use_gpu unset: the GPUs that may come count
+    assert (r.num_workers, r.use_gpu, r.cpus_per_worker, r.min_workers) == (4, True, 6.0, 1)
+    lab = cluster.inference_layout()
+    assert (lab.num_workers, lab.gpus_per_worker, lab.cpus_per_worker) == (8, 0.5, 3.0)
+
+
+@pytest.mark.parametrize("cpus,expect", [
+    (2, (2, 0.75, 1)),      # 2 actors x 1 thread; 0.5 CPU left to reads, tokenizer, writes
+    (8, (4, 1.87, 2)),
+    (64, (16, 3.96, 4)),
+])
+def test_inference_layout_on_cpus(monkeypatch, cpus, expect):
+    monkeypatch.setattr(cluster, "cluster_cpus_gpus", lambda: (float(cpus), 0.0))
+    r = cluster.inference_layout()
+    assert (r.num_workers, r.cpus_per_worker, r.torch_threads) == expect
+    assert r.num_workers * r.cpus_per_worker + 5 * cluster.LIGHT_CPUS <= cpus
+    assert cluster.inference_layout(num_actors=1, threads=2).num_workers == 1

@@ -472,9 +472,6 @@ def test_gpu_requests_become_pending_resource_demands(ray_cluster):
     _assert_pending_and_satisfiable(ray_cluster, scaling, actor)
 
 
-@pytest.mark.xfail(raises=ValueError, strict=False,
-                   reason="derive_workers still sizes from the GPUs present at start and raises "
-                          "'use_gpu=True but the cluster has no GPU' (proposal: cluster/README.md)")
 def test_use_gpu_on_a_cluster_without_gpus_asks_for_them(ray_cluster):
     from xner_ray.cluster import derive_workers
 

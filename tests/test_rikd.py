@@ -40,7 +40,7 @@ def _rikd_main(argv):
 
 @pytest.mark.slow
 def test_rikd_rounds_fill_policy_columns_and_resume(ray_cluster, tiny_teacher_dir, tiny_model_dir,
-                                                    tmp_path, monkeypatch, capsys):
+                                                    tmp_path, monkeypatch, caplog):
     from xner_ray.sqlshell import connect
     from xner_ray.store import Store
     from xner_ray.train import loop
@@ -63,10 +63,9 @@ def test_rikd_rounds_fill_policy_columns_and_resume(ray_cluster, tiny_teacher_di
     assert store.get_run("r1")["status"] == "failed"
 
     monkeypatch.setattr(loop, "fit", real_fit)
-    capsys.readouterr()
+    caplog.clear()
     assert _rikd_main(["--config", config]) == 0
-    out = capsys.readouterr().out
-    assert "de round 0: complete, resumed from it" in out
+    assert "de round 0: complete, resumed from it" in caplog.text
     assert store.complete_rounds("r1", "de") == [0, 1]
     assert store.manifest("r1", "de", 0) == first  # round 0 untouched by the resume
     assert store.get_run("r1")["status"] == "succeeded"

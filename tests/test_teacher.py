@@ -41,8 +41,17 @@ def test_train_teacher_with_ray_train_then_evaluate(ray_cluster, tiny_model_dir,
     rejected = [json.loads(l) for l in (out / "rejects.jsonl").read_text().splitlines()]
     assert [(r["reason"], r["raw"]) for r in rejected] == [
         ("malformed_line", "en:Broken")]
-    ckpts = sorted(p.name for p in (out / "_checkpoints").rglob("checkpoint_*") if p.is_dir())
-    assert len(ckpts) == 2  # one per epoch, both kept (keep_checkpoints=2)
+    # a clean Hugging Face folder with a model card; epoch checkpoints lived outside it and
+    # are gone once the best one was copied in
+    assert not (out / "_checkpoints").exists()
+    assert not list((tmp_path / "_checkpoints").rglob("checkpoint_*"))
+    card = (out / "README.md").read_text()
+    assert "AutoModelForTokenClassification" in card and str(tiny_model_dir) in card
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    hf = pipeline("token-classification", model=AutoModelForTokenClassification.from_pretrained(
+        out), tokenizer=AutoTokenizer.from_pretrained(out))
+    assert isinstance(hf("Anna lives in Berlin"), list)
 
     # the dev F1 reported during training is the one `xner evaluate` computes on the same file
     capsys.readouterr()

@@ -33,7 +33,7 @@ class Stage:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     batch_size: int = 256
-    num_cpus: float = 0.25
+    num_cpus: float = 0.1
     num_gpus: float = 0.0
     min_actors: int = 1
     max_actors: int = 1
@@ -110,7 +110,7 @@ def run_ray(plan: Plan) -> list[dict]:
     return write(ds, plan.sink, rows_per_write=plan.rows_per_write)
 
 
-def write(ds, sink, *, rows_per_write: Optional[int] = None, num_cpus: float = 0.25) -> list[dict]:
+def write(ds, sink, *, rows_per_write: Optional[int] = None, num_cpus: float = 0.1) -> list[dict]:
     """Write a Ray dataset through a Ray-free sink in write tasks; the sink's records."""
     datasink = _make_datasink(sink, rows_per_write)
     ds.write_datasink(datasink, ray_remote_args={"num_cpus": num_cpus})
@@ -202,8 +202,8 @@ def exact_cutoffs(files: list[str], filesystem, selector, n_rows: int, *,
 
     keys = ray.data.read_parquet(files, filesystem=filesystem,
                                  columns=list(dict.fromkeys([*selector.rank_columns, "sent_id"])),
-                                 num_cpus=0.25)
-    keys = keys.map_batches(stage, batch_format="pyarrow", num_cpus=0.25).materialize()
+                                 num_cpus=0.1)
+    keys = keys.map_batches(stage, batch_format="pyarrow", num_cpus=0.1).materialize()
     n_keys = len([c for c in keys.schema().names if c.startswith("key_")])
     return [_kth_row(keys.select_columns([f"key_{j}", "sent_id"]).sort([f"key_{j}", "sent_id"]),
                      f"key_{j}", k, n_rows) for j in range(n_keys)]
@@ -253,5 +253,5 @@ def map_files(files: list[str], filesystem, stages: Sequence[Stage], sink, *,
         return run_local(plan)
     import ray
 
-    ds = ray.data.read_parquet(files, filesystem=filesystem, columns=columns, num_cpus=0.25)
+    ds = ray.data.read_parquet(files, filesystem=filesystem, columns=columns, num_cpus=0.1)
     return write(_apply_stages(ds, stages), sink)

@@ -61,8 +61,9 @@ class LabelConfig:
     max_words: int = field(default=2048, metadata={"help": "longer sentences are rejected"})
     num_actors: Optional[int] = field(default=None, metadata={"help": "teacher actors"})
     threads: Optional[int] = field(default=None,
-                                   metadata={"help": "torch threads per teacher actor "
-                                                     "(default: its whole CPUs)"})
+                                   metadata={"help": "torch threads per teacher actor (default "
+                                                     "from the cluster: 1 on <= 4 CPUs, 2 on "
+                                                     "<= 16, else 4; cluster.inference_layout)"})
     use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
     rows_per_file: int = field(default=65_536, metadata={"help": "rows a write task gathers "
                                                                   "into one Parquet file"})
@@ -114,11 +115,12 @@ def check_selector(spec, lang_scorers: Optional[list] = None):
 
 
 def _teacher_resources(cfg: LabelConfig) -> dict:
-    from xner_ray.cluster import derive_workers
+    from xner_ray.cluster import inference_layout
 
-    res = derive_workers(cfg.num_actors, cfg.use_gpu)
-    return dict(concurrency=res.num_workers, num_cpus=res.cpus_per_worker,
-                num_gpus=1 if res.use_gpu else 0, threads=cfg.threads or res.torch_threads)
+    res = inference_layout(cfg.num_actors, cfg.use_gpu, cfg.threads)
+    return dict(concurrency=res.num_workers, min_actors=res.min_workers,
+                num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker,
+                threads=res.torch_threads)
 
 
 class SelectStage:
@@ -163,26 +165,30 @@ def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> "engine.Plan":
     from functools import partial
 
     from xner_ray import engine
-    from xner_ray.labeling.source import SENTENCE_COLUMNS, read_file
+    from xner_ray.labeling.source import SENTENCE_COLUMNS
     from xner_ray.labeling.stages import SubwordStage, TeacherStage
 
+    from xner_ray.cluster import LIGHT_CPUS
+
     res = _teacher_resources(cfg) if not cfg.local else dict(
-        concurrency=1, num_cpus=1, num_gpus=0, threads=cfg.threads)
+        concurrency=1, min_actors=1, num_cpus=1, num_gpus=0, threads=cfg.threads)
     teacher = dict(weights=cfg.weights, student=cfg.student, batch_size=cfg.batch_size,
                    threads=res["threads"], teacher_id=_teacher_id(cfg), combine=cfg.combine,
                    lang_scorers=cfg.lang_scorers)
     stages = [
         # tokenizing is cheap next to the model: one light actor, more when teachers wait
         engine.Stage(SubwordStage, (cfg.teachers[0], cfg.max_length), batch_size=cfg.block_rows,
-                     num_cpus=0.25, max_actors=res["concurrency"]),
+                     num_cpus=LIGHT_CPUS / res["concurrency"], max_actors=res["concurrency"]),
         engine.Stage(TeacherStage, (cfg.teachers,), teacher, batch_size=cfg.block_rows,
                      num_cpus=res["num_cpus"], num_gpus=res["num_gpus"],
-                     min_actors=res["concurrency"], max_actors=res["concurrency"]),
-        engine.Stage(SelectStage, (cfg.selector,), batch_size=cfg.block_rows, num_cpus=0.1),
+                     min_actors=res["min_actors"], max_actors=res["concurrency"]),
+        engine.Stage(SelectStage, (cfg.selector,), batch_size=cfg.block_rows,
+                     num_cpus=LIGHT_CPUS),
     ]
     read = partial(_read_item, max_words=cfg.max_words, rows=cfg.block_rows, rejects=rejects)
     return engine.Plan(items=inputs, read=read, stages=stages, sink=sink,
-                       schema=SENTENCE_COLUMNS, rows_per_write=cfg.rows_per_file, name="label")
+                       schema=SENTENCE_COLUMNS, rows_per_write=cfg.rows_per_file, name="label",
+                       read_cpus=LIGHT_CPUS)
 
 
 def _read_item(item, *, max_words: int, rows: int, rejects):

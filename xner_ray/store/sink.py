@@ -98,10 +98,11 @@ class RoundSink:
                              f"{sorted(self.prefixes)}")
         out = []
         name = f"part-{uuid.uuid4().hex[:16]}.parquet"
+        node = _node_id()
         for lang in sorted(langs):
             part = table.filter(pc.equal(table.column("lang"), lang))
             for t in self.tables:
-                out.append(self._write_one(t, lang, name, part))
+                out.append({**self._write_one(t, lang, name, part), "node": node})
         return out
 
     def _write_one(self, name: str, lang: str, file: str, part: pa.Table) -> dict:
@@ -114,6 +115,17 @@ class RoundSink:
         pq.write_table(table, path, filesystem=self.fs, compression="zstd",
                        row_group_size=ROW_GROUP_ROWS)
         return {"table": name, "lang": lang, "path": path, **_sums(name, table)}
+
+
+def _node_id() -> Optional[str]:
+    """The Ray node a write runs on (None outside Ray): where the data went, for the record."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 @dataclass

@@ -50,6 +50,11 @@ class TrainConfig:
                          metadata={"help": "distillation loss of students: mse (TSL Eq. 3, RIKD "
                                            "Eq. 1) | kl (KL(teacher||student); not the papers')"})
     keep_checkpoints: int = field(default=2, metadata={"help": "best epoch checkpoints kept"})
+    checkpoints: Optional[str] = field(default=None, metadata={
+        "help": "Ray Train's storage for epoch checkpoints: a path or URI every node sees "
+                "(s3://...); default <out's folder>/_checkpoints. Kept outside the model folder, "
+                "which stays a clean Hugging Face folder; the run's checkpoints are removed "
+                "once the best one is copied out"})
     seed: int = field(default=42, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
@@ -135,7 +140,7 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
             resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(out / "_checkpoints"),
+            storage_path=cfg.checkpoints or str(out.parent / "_checkpoints"),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="dev_f1",
                 checkpoint_score_order="max")),
@@ -150,13 +155,66 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
                 shutil.copytree(item, out / item.name, dirs_exist_ok=True)
             else:
                 shutil.copy2(item, out / item.name)
+    _drop_run_checkpoints(result)
     summary = dict(config=dataclasses.asdict(cfg), labels=labels, best=best,
                    workers=dataclasses.asdict(res), seconds=round(time.time() - started, 1),
                    n_train=n_train, n_dev=len(dev), **(extra_summary or {}))
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    logger.warning("%s: best epoch %s dev F1 %.4f -> %s", name, best.get("epoch"),
+    (out / "README.md").write_text(model_card(name, summary, step))
+    logger.info("%s: best epoch %s dev F1 %.4f -> %s", name, best.get("epoch"),
                    best["dev_f1"], out)
     return out
+
+
+def model_card(name: str, summary: dict, step) -> str:
+    """A short Hugging Face model card: what was trained, on what, how it scored, how to load."""
+    cfg, best = summary["config"], summary["best"]
+    method = getattr(step, "__name__", "custom loop")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(cfg.items()) if v is not None)
+    return f"""---
+library_name: transformers
+pipeline_tag: token-classification
+tags: [ner, xner_ray]
+---
+# {name}
+
+Token classifier (NER, IOB2 over {", ".join(summary["labels"])}) trained by xner_ray.
+
+- base model: `{cfg["model"]}`{f" (bottom {cfg['layers']} layers)" if cfg.get("layers") else ""}
+- method: `{method}` on {summary["n_train"]} training sentences
+- model selection: source-language dev set ({summary["n_dev"]} sentences), best epoch
+  {best.get("epoch")}: entity F1 {best.get("dev_f1", 0.0):.4f}
+
+## Load it (no xner_ray needed)
+
+```python
+from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+tagger = pipeline("token-classification", aggregation_strategy="first",
+                  model=AutoModelForTokenClassification.from_pretrained("PATH"),
+                  tokenizer=AutoTokenizer.from_pretrained("PATH"))
+```
+
+Labels sit on the first sub-word of each word (`aggregation_strategy="first"`).
+
+## Training configuration
+
+| key | value |
+|---|---|
+{rows}
+"""
+
+
+def _drop_run_checkpoints(result) -> None:
+    """Remove this run's epoch checkpoints (the best one is in ``out`` now): a 4-layer model
+    is ~400 MB a checkpoint, and nothing reads them again."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs = result.filesystem or pafs.LocalFileSystem()
+        if fs.get_file_info(result.path).type == pafs.FileType.Directory:
+            fs.delete_dir(result.path)
+    except OSError as exc:  # a leftover is disk, not a wrong result: say so and go on
+        logger.warning("could not remove checkpoints %s: %s", result.path, exc)
 
 
 def train_loop(config: dict) -> None:
@@ -168,6 +226,7 @@ def train_loop(config: dict) -> None:
     from transformers import get_linear_schedule_with_warmup
 
     from xner_ray.evaluate import predict_tags, score_tags
+    from xner_ray.logs import log_progress
     from xner_ray.models.classifier import load_token_classifier, load_tokenizer
     from xner_ray.train.steps import StepContext
 
@@ -204,9 +263,9 @@ def train_loop(config: dict) -> None:
             step += 1
             if rank == 0 and time.time() - last_log >= PROGRESS_EVERY_S:
                 last_log = time.time()
-                print(f"[train] epoch {epoch + 1} step {step}/{total} loss "
-                      f"{np.mean(losses[-50:]):.5f} "
-                      f"({len(losses) / (last_log - t0):.2f} steps/s)", flush=True)
+                log_progress(logger, f"[train] epoch {epoch + 1}", step, total, unit="steps",
+                             rate=len(losses) / (last_log - t0),
+                             loss=float(np.mean(losses[-50:])))
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses or [0])),
@@ -220,8 +279,9 @@ def train_loop(config: dict) -> None:
             dev = score_tags(config["dev_tags"], pred)
             metrics.update(dev_f1=dev["f1"], dev_precision=dev["precision"],
                            dev_recall=dev["recall"])
-            print(f"[train] epoch {epoch + 1} step {step} loss {metrics['train_loss']:.5f} "
-                  f"dev F1 {dev['f1']:.4f} ({metrics['epoch_seconds']}s)", flush=True)
+            log_progress(logger, f"[train] epoch {epoch + 1} done", step, total, unit="steps",
+                         loss=metrics["train_loss"], dev_f1=dev["f1"],
+                         seconds=metrics["epoch_seconds"])
             with tempfile.TemporaryDirectory() as tmp:
                 bare.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)

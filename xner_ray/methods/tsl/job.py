@@ -63,12 +63,11 @@ def run_tsl(cfg: TslConfig) -> dict:
     return run_recorded(cfg, "tsl", body)
 
 
-def _sample(spec: str, lang: str, n: int, fmt: str = "auto") -> list[list[str]]:
-    import itertools
+def _sample(spec: str, lang: str, n: int, fmt: str = "auto", seed: int = 0) -> list[list[str]]:
+    """A seeded random sample of the corpus (not its head): the input of TSL Eq. 10-11."""
+    from xner_ray.methods.tsl.langsim import sample_sentences
 
-    from xner_ray.io.text import read_unlabeled
-
-    return [s.tokens for s in itertools.islice(read_unlabeled(spec, lang=lang, fmt=fmt), n)]
+    return sample_sentences(spec, lang, n, seed=seed, fmt=fmt)
 
 
 def teacher_weights_for(cfg: TslConfig, target: TargetSpec) -> tuple[dict, dict]:
