@@ -6,6 +6,7 @@ labels with the re-weighted loss (1 + p_t)^gamma.
     ray job submit --working-dir . -- python jobs/project.py --config configs/project_demo.yaml
 
 Locally, on an in-process cluster:   python jobs/project.py --config configs/project_demo.yaml
+The same as a command (a wheel install has no jobs/):  xner project --config configs/project_demo.yaml
 Print the resolved config:           python jobs/project.py --config FILE --dry-run
 Override a key:                      --set aligner=similarity --set gamma=0
 Then:  xner sql --store outputs/project-demo/store --file sql/projection_status.sql
@@ -19,8 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted copy's package
 
-from xner_ray.jobs import run_job  # noqa: E402
-from xner_ray.methods.projection.job import ProjectConfig, run_project  # noqa: E402
+from xner_ray.cli import main  # noqa: E402
+from xner_ray.jobs import load_job  # noqa: E402
+
+# The job's config class and function (``xner_ray.jobs.JOBS``), for code that drives it from here.
+ProjectConfig, run_project = load_job("project")
 
 if __name__ == "__main__":
-    sys.exit(run_job("project", ProjectConfig, run_project, doc=__doc__))
+    sys.exit(main(["project", *sys.argv[1:]]))  # the same command as `xner project`

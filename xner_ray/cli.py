@@ -1,12 +1,172 @@
-"""``xner``: the command line. Each subcommand parses, then calls one library function."""
+"""``xner``: the command line. Each subcommand parses, then calls one library function.
+
+Errors end a command with one line on stderr -- ``xner label: error: ...`` -- and exit 2 for
+a bad command line or config (including inputs or models that do not exist), 1 when the work
+itself fails; ``--debug`` (or ``XNER_DEBUG=1``) adds the traceback. Flags are never
+abbreviated: an unknown flag names the nearest one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
-import logging
 import sys
-from typing import Optional, Sequence
+import traceback
+from typing import Any, Callable, Optional, Sequence
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and shows each option's default (when it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "default:" in text or action.default in (
+                None, False, [], argparse.SUPPRESS) or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class XnerParser(argparse.ArgumentParser):
+    """No abbreviated flags; an unknown flag is named with the nearest real one; a usage
+    error is one line (``--help`` shows the usage)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("allow_abbrev", False)
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kw)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._subparsers is None and args is not None:
+            # before argparse's own checks, so `--sto x` is not reported as a missing --store
+            known = {o for a in self._actions for o in a.option_strings}
+            rest = list(args)[:list(args).index("--")] if "--" in args else list(args)
+            unknown = [a for a in rest if a.startswith("--") and a.split("=", 1)[0] not in known]
+            if unknown:
+                self.error(self.unknown_message(unknown))
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:
+            self.error(self.unknown_message(extras))
+        return parsed, extras
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            owner = self._subcommand(parsed) or self
+            owner.error(owner.unknown_message(extras))
+        return parsed
+
+    def _subcommand(self, parsed: argparse.Namespace) -> Optional["XnerParser"]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = getattr(parsed, action.dest, None)
+                return action.choices.get(chosen) if chosen else None
+        return None
+
+    def unknown_message(self, extras: list[str]) -> str:
+        flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        first = next((e for e in extras if e.startswith("-")), extras[0])
+        name = first.split("=", 1)[0]
+        if not name.startswith("-"):
+            return f"unexpected argument {first!r}"
+        close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"unknown flag {name}{hint}"
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --- running a command ----------------------------------------------------------------------
+
+_TERSE = (ValueError, RuntimeError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception behind Ray's wrappers (task errors, Ray Train worker/controller
+    failures) and ``raise ... from`` chains that only re-wrap."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = getattr(exc, "cause", None)
+        failures = getattr(exc, "worker_failures", None)
+        if isinstance(failures, dict) and failures:
+            nxt = next(iter(failures.values()))
+        nxt = nxt if isinstance(nxt, BaseException) else getattr(exc, "controller_failure", None)
+        if not isinstance(nxt, BaseException) and type(exc).__module__.startswith("ray."):
+            nxt = exc.__cause__
+        if not isinstance(nxt, BaseException):
+            break
+        exc = nxt
+    return exc
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an exception: its first line, with the type unless it says little."""
+    root = root_cause(exc)
+    lines = [l.strip() for l in str(root).strip().splitlines() if l.strip()]
+    text = lines[0] if lines else ""
+    if not isinstance(root, _TERSE) or not text:
+        text = f"{type(root).__name__}: {text}" if text else type(root).__name__
+    return text
+
+
+_COMPRESSED_ERRORS = ("EOFError", "BadGzipFile", "error", "LZMAError", "ArrowInvalid")
+
+
+def corrupt_input(specs: Sequence[str]) -> Optional[str]:
+    """After a decompression error: which compressed input fails to read to its end."""
+    from xner_ray.io.files import compression_of, expand_paths, open_binary
+
+    for spec in specs:
+        try:
+            files = [f for f in expand_paths(spec) if compression_of(f)]
+        except (FileNotFoundError, OSError):
+            continue
+        for f in files:
+            try:
+                with open_binary(f) as handle:
+                    while handle.read(1 << 20):
+                        pass
+            except Exception as exc:  # noqa: BLE001 - any failure names this file
+                return f"{f}: truncated or corrupt {compression_of(f)} file ({error_line(exc)})"
+    return None
+
+
+def run_command(prog: str, fn: Callable[[argparse.Namespace], Any], args: argparse.Namespace,
+                *, debug: bool = False) -> int:
+    """``fn(args)`` with the command line's error contract (see the module doc)."""
+    from xner_ray import logs
+    from xner_ray.config import ConfigError
+
+    debug = debug or logs.debug_enabled()
+    try:
+        return int(fn(args) or 0)
+    except ConfigError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the command line's last word; --debug shows all
+        if debug:
+            traceback.print_exc()
+        line = error_line(exc)
+        root = root_cause(exc)
+        if type(root).__name__ in _COMPRESSED_ERRORS or "compress" in line.lower():
+            line = corrupt_input(getattr(args, "_inputs", None) or []) or line
+        hint = "" if debug else " (--debug for the traceback)"
+        print(f"{prog}: error: {line}{hint}", file=sys.stderr)
+        return 1
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def _check(problems: list[str]) -> None:
+    from xner_ray.config import ConfigError
+
+    if problems:
+        raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more)"
+                                         if len(problems) > 1 else ""))
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
@@ -19,12 +179,14 @@ def _cmd_model(args: argparse.Namespace) -> int:
 def _cmd_train_teacher(args: argparse.Namespace) -> int:
     from xner_ray import config
     from xner_ray.cluster import init_ray
+    from xner_ray.jobs import input_specs, prepare
     from xner_ray.train.teacher import TeacherConfig, train_teacher
 
     cfg = config.from_args(TeacherConfig, args, config.load_file(args.config))
-    if args.dry_run:
-        print(config.dump(cfg))
-        return 0
+    code = prepare(cfg, args)
+    if code is not None:
+        return code
+    args._inputs = input_specs(config.resolved(cfg))
     init_ray(args.address)
     out = train_teacher(cfg)
     print(json.dumps({"model": str(out)}))
@@ -33,7 +195,10 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from xner_ray.evaluate import evaluate_model
+    from xner_ray.jobs import check_input, check_model
 
+    _check([p for p in (check_model(args.model), check_input(args.data)) if p])
+    args._inputs = [args.data]
     result = evaluate_model(args.model, args.data, lang=args.lang, batch_size=args.batch_size,
                             device=args.device, label_map=args.label_map)
     per_type = result.pop("per_type")
@@ -45,10 +210,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_label(args: argparse.Namespace) -> int:
+def _label_values(args: argparse.Namespace) -> dict:
     from xner_ray import config
-    from xner_ray.cluster import init_ray
-    from xner_ray.labeling.pipeline import LabelConfig, label
 
     values = config.load_file(args.config)
     if args.model:
@@ -56,8 +219,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if args.input:
         langs = args.lang or []
         if len(langs) not in (1, len(args.input)):
-            raise ValueError(f"give one --lang for all inputs or one per --input "
-                             f"({len(args.input)} inputs, {len(langs)} langs)")
+            raise config.ConfigError(f"give one --lang for all inputs or one per --input "
+                                     f"({len(args.input)} inputs, {len(langs)} langs)")
         langs = langs * len(args.input) if len(langs) == 1 else langs
         values["inputs"] = [{"path": p, "lang": l, "fmt": args.format, "gold": args.gold}
                             for p, l in zip(args.input, langs)]
@@ -65,10 +228,27 @@ def _cmd_label(args: argparse.Namespace) -> int:
                 "lang_scorers", "combine"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
+    for item in args.set:
+        config.set_value(values, item)
+    return values
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from xner_ray import config
+    from xner_ray.cluster import init_ray
+    from xner_ray.jobs import input_specs, prepare
+    from xner_ray.labeling.pipeline import LabelConfig, label
+
+    values = _label_values(args)
+    if args.allow_empty and "allow_empty" in {f.name for f in dataclasses.fields(LabelConfig)}:
+        values["allow_empty"] = True
     cfg = config.build(LabelConfig, values)
-    if args.dry_run:
-        print(config.dump(cfg))
-        return 0
+    code = prepare(cfg, args)
+    if code is not None:
+        return code
+    args._inputs = input_specs(config.resolved(cfg))
     init_ray(args.address)
     summary = label(cfg)
     print(json.dumps({"run_id": cfg.run_id, "round": cfg.round, "store": cfg.store,
@@ -83,42 +263,63 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """``-v``/``--debug`` after the subcommand too (``xner label ... --debug``)."""
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="INFO logs of other libraries (Ray, transformers) too")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="tracebacks and DEBUG logs (also XNER_DEBUG=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from xner_ray import config
+    from xner_ray.jobs import add_job_parsers
     from xner_ray.train.teacher import TeacherConfig
 
-    p = argparse.ArgumentParser(prog="xner", description="xner_ray: cross-lingual NER "
-                                "pseudo-labeling and distillation on Ray.")
-    p.add_argument("-v", "--verbose", action="store_true", help="INFO-level logs")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = XnerParser(prog="xner", description="xner_ray: cross-lingual NER pseudo-labeling and "
+                   "distillation on Ray.")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="INFO logs of other libraries (Ray, transformers) too")
+    p.add_argument("--debug", action="store_true", help="tracebacks and DEBUG logs "
+                                                        "(also XNER_DEBUG=1)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=XnerParser)
 
-    m = sub.add_parser("model", help="embedded models")
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, **kw)
+        _add_common(q)
+        return q
+
+    m = add("model", help="embedded models")
     m.add_argument("kind", choices=["builtin"])
     m.add_argument("name", choices=["me5-small"])
     m.set_defaults(func=_cmd_model)
 
-    t = sub.add_parser("train-teacher", help="fine-tune a teacher with Ray Train")
+    t = add("train-teacher", help="fine-tune a teacher with Ray Train")
     t.add_argument("--config", help="YAML/JSON file with TeacherConfig keys (flags override)")
     t.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, check inputs and model, and exit")
     config.add_dataclass_args(t, TeacherConfig, defaults_none=True)
     t.set_defaults(func=_cmd_train_teacher)
 
-    e = sub.add_parser("evaluate", help="seqeval entity P/R/F1 of a model on a CoNLL file")
+    e = add("evaluate", help="seqeval entity P/R/F1 of a model on a CoNLL file")
     e.add_argument("--model", required=True, help="model folder (or HF name)")
     e.add_argument("--data", required=True, help="CoNLL file(s)")
     e.add_argument("--lang", help="language code reported with the scores")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
     e.add_argument("--device", help="cpu / cuda (default: cuda if available)")
     e.add_argument("--label-map", help="map gold labels first, e.g. 'drop:DATE'")
     e.set_defaults(func=_cmd_evaluate)
 
-    lb = sub.add_parser("label", help="stream text through teacher(s) into the store (Ray Data)")
+    lb = add("label", help="stream text through teacher(s) into the store (Ray Data)")
     lb.add_argument("--config", help="YAML/JSON file with LabelConfig keys (flags override)")
+    lb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a LabelConfig key (converted to its type)")
     lb.add_argument("--model", action="append", help="teacher model folder (repeat: ensemble)")
     lb.add_argument("--input", action="append", help="input file/dir/glob (repeatable)")
     lb.add_argument("--lang", action="append", help="language of the inputs (one, or one each)")
-    lb.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "conll"])
+    lb.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "conll"],
+                    help="input format")
     lb.add_argument("--gold", action="store_true",
                     help="keep the input's tags as gold_tags (evaluation only)")
     lb.add_argument("--store", help="store root folder")
@@ -134,11 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ensemble: mean (default) or best_confidence (AdvPicker seed ensemble)")
     lb.add_argument("--batch-size", dest="batch_size", type=int, help="sentences per forward")
     lb.add_argument("--num-actors", dest="num_actors", type=int, help="teacher actors")
+    lb.add_argument("--allow-empty", action="store_true",
+                    help="accept empty input files (default: an error)")
     lb.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    lb.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    lb.add_argument("--dry-run", action="store_true",
+                    help="print the resolved config, check inputs and models, and exit")
     lb.set_defaults(func=_cmd_label)
 
-    d = sub.add_parser("demo", help="train and evaluate on the bundled sample (a few minutes)")
+    d = add("demo", help="train and evaluate on the bundled sample (a few minutes)")
     d.add_argument("--out", default="outputs/demo", help="output folder")
     d.add_argument("--address", help="Ray cluster address (default: local)")
     d.set_defaults(func=_cmd_demo)
@@ -146,22 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     from xner_ray.report import add_report_parser
     from xner_ray.sqlshell import add_sql_parser
 
-    add_sql_parser(sub)
-    add_report_parser(sub)
+    for q in (add_sql_parser(sub), add_report_parser(sub)):
+        _add_common(q)
+    add_job_parsers(sub)
+    for name in _job_names():
+        _add_common(sub.choices[name])
     return p
 
 
+def _job_names() -> list[str]:
+    from xner_ray.jobs import JOBS
+
+    return list(JOBS)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from xner_ray import logs
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # Bad input or config: one clear line, no traceback from deep inside.
-        print(f"xner {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    logs.setup(verbose=args.verbose, debug=args.debug)
+    return run_command(f"xner {args.command}", args.func, args, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -19,20 +19,42 @@ logger = logging.getLogger(__name__)
 
 def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
              quiet: bool = True) -> None:
-    """Join the cluster at ``address`` / ``$RAY_ADDRESS`` or start a local one in-process."""
+    """Join the cluster at ``address`` / ``$RAY_ADDRESS`` or start a local one in-process.
+
+    ``quiet`` keeps Ray's own console output to what a user acts on: Ray's driver logs at
+    WARNING, Ray Data without execution plans or progress bars (``ray-data.log`` keeps them),
+    and Ray Train's print patch off (it logs every worker ``print`` a second time). A private
+    local cluster also filters Ray Train's State-API polling warning in its workers (see
+    :mod:`xner_ray.logs`): it has no dashboard, which would cost ~10 processes and ~1 GB to
+    serve a check that matters only on a long-lived cluster.
+    """
     import ray
+
+    from xner_ray import logs
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(log_to_driver=True, configure_logging=True,
-                  logging_level=logging.WARNING if quiet else logging.INFO)
+    # (a value the user or the job's runtime env set wins; repeating its key would conflict)
+    env_vars = ({} if not quiet or "RAY_TRAIN_ENABLE_PRINT_PATCH" in os.environ
+                else {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"})
+    kwargs: dict = dict(log_to_driver=True, configure_logging=True,
+                        logging_level=logging.WARNING if quiet else logging.INFO)
     if address:
-        ray.init(address=address, **kwargs)
+        # A shared cluster (`ray start --head`) runs its dashboard, so the State API is there.
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None,
+                 **kwargs)
     else:
         # A private cluster for this process, without the dashboard (a web service nobody
-        # asked for).
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # asked for). Workers inherit this process's environment.
+        os.environ.update(env_vars)
+        logs.filter_ray_messages()
+        runtime_env = {"worker_process_setup_hook": "xner_ray.logs.quiet_ray_worker"} \
+            if quiet else None
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 runtime_env=runtime_env, **kwargs)
+    if quiet:
+        logs.quiet_ray_data()
 
 
 def cluster_cpus_gpus() -> tuple[float, float]:

@@ -8,9 +8,12 @@ for 1 epoch with frozen embeddings. Its scores only show that the pipeline works
 from __future__ import annotations
 
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Optional
+
+logger = logging.getLogger(__name__)
 
 
 def sample_path(name: str = "") -> Path:
@@ -32,8 +35,8 @@ def run_demo(out: str, *, address: Optional[str] = None) -> dict:
     for lang in ("en", "de", "nl"):
         r = evaluate_model(str(teacher), str(sample_path(f"{lang}.dev.txt")), lang=lang)
         scores[lang] = {k: round(r[k], 4) for k in ("precision", "recall", "f1")}
-        print(f"[demo] {lang} dev: P {r['precision']:.4f} R {r['recall']:.4f} F1 {r['f1']:.4f} "
-              f"({r['n_sentences']} sentences)", flush=True)
+        logger.info("%s dev: P %.4f R %.4f F1 %.4f (%d sentences)", lang, r["precision"],
+                    r["recall"], r["f1"], r["n_sentences"])
     (Path(out) / "demo_scores.json").write_text(json.dumps(scores, indent=2))
     print(json.dumps({"teacher": str(teacher), "scores": scores}))
     return scores

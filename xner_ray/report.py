@@ -212,8 +212,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Plug ``report`` into the ``xner`` command's subparsers."""
-    p = subparsers.add_parser("report", help="HTML report of pseudo-label quality in a store")
+    p = subparsers.add_parser("report", help="HTML report of pseudo-label quality in a store",
+                              allow_abbrev=False)
     p.add_argument("--store", required=True, help="store root (folder or URI)")
     p.add_argument("--out", default="xner-report.html", help="HTML file to write")
     p.set_defaults(func=cmd_report)
     return p
+    sqlshell.check_store(args.store)
