@@ -78,6 +78,22 @@ def test_setup_shows_project_info_once_and_others_at_warning():
         root.setLevel(logging.WARNING)
 
 
+def test_setup_follows_a_swapped_stderr(monkeypatch):
+    """`xner` called many times in one process (tests) logs to the stderr of the moment."""
+    logs.setup()
+    try:
+        for _ in range(2):
+            buf = io.StringIO()
+            monkeypatch.setattr(sys, "stderr", buf)
+            logging.getLogger("xner_ray.demo").info("de dev: F1 0.5")
+            assert buf.getvalue().endswith("INFO demo: de dev: F1 0.5\n")
+    finally:
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, logs._HANDLER_MARK, False)]:
+            root.removeHandler(h)
+        root.setLevel(logging.WARNING)
+
+
 def test_ray_message_filters():
     logs.filter_ray_messages()
     logs.filter_ray_messages()

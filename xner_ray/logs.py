@@ -39,6 +39,21 @@ class _Formatter(logging.Formatter):
         return super().format(record)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it per test)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> IO[str]:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+
 def debug_enabled() -> bool:
     """``XNER_DEBUG=1``: tracebacks and DEBUG logs (as ``--debug``)."""
     return os.environ.get("XNER_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
@@ -52,7 +67,7 @@ def setup(verbose: bool = False, debug: bool = False, stream: Optional[IO[str]] 
     for lg in (root, project):  # ours from an earlier call or from ensure_handler()
         for h in [h for h in lg.handlers if getattr(h, _HANDLER_MARK, False)]:
             lg.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(_Formatter(DEBUG_FORMAT if debug else FORMAT, DATEFMT))
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
@@ -67,7 +82,7 @@ def ensure_handler() -> None:
     if project.level == logging.NOTSET:
         project.setLevel(logging.INFO)
     if not logging.getLogger().handlers and not project.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         setattr(handler, _HANDLER_MARK, True)
         project.addHandler(handler)
