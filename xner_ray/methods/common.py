@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -74,9 +75,26 @@ class JobConfig:
                         metadata={"help": f"labeling knobs: {', '.join(LABEL_KNOBS)}"})
 
     def __post_init__(self) -> None:
-        self.targets = parse_targets(self.targets)
+        self.targets = [dataclasses.replace(t, unlabeled=absolute(t.unlabeled),
+                                            dev=absolute(t.dev))
+                        for t in parse_targets(self.targets)]
         check_label_knobs(self.label)
+        # The one place relative paths become absolute: a worker (another process, another
+        # node, another working directory) must read the same path the config meant.
+        self.store, self.out, self.source_dev = (absolute(self.store), absolute(self.out),
+                                                 absolute(self.source_dev))
         student_config(Path(self.out), self.student)  # validate now, not in round 2
+
+
+def absolute(path: Optional[str], *, only_existing: bool = False) -> Optional[str]:
+    """A local path made absolute against the current directory; URIs (``s3://``), model
+    names (``builtin:me5-small``, a hub id: ``only_existing``) and None unchanged."""
+    if path is None or "://" in str(path) or str(path).startswith("builtin:"):
+        return path
+    p = Path(str(path)).expanduser()
+    if only_existing and not p.exists():
+        return str(path)
+    return str(p.resolve()) if not any(c in str(path) for c in "*?[") else os.path.abspath(p)
 
 
 def ensure_teacher(model: Optional[str], train: Optional[dict]) -> str:

@@ -127,6 +127,23 @@ PROJECTIONS = pa.schema([
 ])
 
 
+CALIBRATIONS = pa.schema([
+    _f("sent_id", pa.string(), "joins pseudo_labels.sent_id of the same run/lang/round"),
+    _f("teacher", pa.string(), "the base tagger whose tags were calibrated (pseudo_labels.teacher)"),
+    _f("calibrator", pa.string(), "versioned CalibreNet id, e.g. 'calibrenet.v1(<folder>)'"),
+    _f("orig_tags", _STR_LIST, "the base tagger's IOB2 tags (pseudo_labels.tags)"),
+    _f("calib_tags", _STR_LIST, "IOB2 tags after calibration (CalibreNet Sec. 4.4)"),
+    _f("orig_spans", pa.list_(SCORED_SPAN),
+       "the base spans; score = mean soft-label probability of their tags (null without probs)"),
+    _f("calib_spans", pa.list_(SCORED_SPAN),
+       "calibrated spans, overlaps resolved; score = geometric mean of p_start, p_end, "
+       "sigmoid of the span match (Eq. 11, if on) and p_type"),
+    _f("calib_score", pa.float32(), "mean calibrated span score; null without spans", True),
+    _f("n_changed", pa.int32(), "base spans not kept unchanged (start, end, type)"),
+    _LANG, _ROUND, _RUN_ID,
+])
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str
@@ -145,17 +162,28 @@ TABLES: dict[str, TableSpec] = {
     "rejects": TableSpec("rejects", REJECTS, ROUND_PARTITION),
     "projections": TableSpec("projections", PROJECTIONS, ROUND_PARTITION),
     "decisions": TableSpec("decisions", DECISIONS, ROUND_PARTITION),
+    "calibrations": TableSpec("calibrations", CALIBRATIONS, ROUND_PARTITION),
     "runs": TableSpec("runs", RUNS, ("run_id",)),
 }
-ROUND_TABLES = ("sentences", "pseudo_labels", "rejects", "projections", "decisions")
+ROUND_TABLES = ("sentences", "pseudo_labels", "rejects", "projections", "decisions",
+                "calibrations")
 # Decisions taken after a round's pseudo-labels were written (a whole-set selector's top rho,
 # RIKD's policy) are rows of ``decisions``; readers see them over ``pseudo_labels`` (the views
 # overlay policy_p / selected / selector / weight by sent_id), so no round file is rewritten.
 
 
+# Soft labels are stored as float16 (max abs error 2^-11 on [0, 1], ~5e-4; the tags are
+# decoded from the float32 values before the cast): half the bytes of the biggest column.
+# Readers see float32: pyarrow datasets with the table schema cast on scan (DuckDB cannot scan
+# an Arrow halffloat), and DuckDB's read_parquet widens it itself.
+STORED_AS = {"probs": pa.list_(pa.list_(pa.float16()))}
+
+
 def file_schema(schema: pa.Schema, partition_cols: Sequence[str]) -> pa.Schema:
-    """The schema inside the Parquet files: the table schema minus its partition columns."""
-    out = pa.schema([f for f in schema if f.name not in partition_cols])
+    """The schema inside the Parquet files: the table schema minus its partition columns, with
+    the narrower storage types of ``STORED_AS``."""
+    out = pa.schema([f.with_type(STORED_AS.get(f.name, f.type)) for f in schema
+                     if f.name not in partition_cols])
     return out.with_metadata({"xner_ray.schema_version": str(SCHEMA_VERSION)})
 
 

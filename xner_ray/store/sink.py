@@ -51,7 +51,7 @@ def _file_table(table: pa.Table, name: str) -> pa.Table:
     cols = [c for c in spec.file_schema.names if c in table.column_names]
     full = S.batch_to_table(table.select(cols), pa.schema(
         [f for f in spec.schema if f.name in spec.file_schema.names]))
-    return full.replace_schema_metadata(spec.file_schema.metadata)
+    return full.cast(spec.file_schema)
 
 
 def _sums(name: str, table: pa.Table) -> dict:

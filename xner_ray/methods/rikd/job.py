@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from xner_ray.methods.common import (JobConfig, TargetSpec, ensure_teacher, run_recorded,
-                                     student_config, target_scores, write_json)
+from xner_ray.methods.common import (JobConfig, TargetSpec, absolute, ensure_teacher,
+                                     run_recorded, student_config, target_scores, write_json)
 
 SELECTOR_ID = "rikd_policy.v1"
 logger = logging.getLogger(__name__)
@@ -55,6 +55,12 @@ class RikdConfig(JobConfig):
             raise ValueError("rounds >= 1, warmup_steps >= 0 and policy_lr > 0 are required")
         if not self.teacher and not self.train_teacher:
             raise ValueError("give `teacher` (a trained model folder) or `train_teacher`")
+        self.teacher = absolute(self.teacher, only_existing=True)
+        self.lang_scorers = [absolute(s, only_existing=True) for s in self.lang_scorers or []] \
+            or None
+        if self.train_teacher:
+            self.train_teacher = {k: (absolute(v) if k in ("train", "dev", "out") else v)
+                                  for k, v in self.train_teacher.items()}
 
 
 def run_rikd(cfg: RikdConfig) -> dict:

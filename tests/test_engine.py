@@ -1,0 +1,124 @@
+"""The engine: plans of Ray-free parts, run in-process or on Ray with the same result; exact
+whole-set cut-offs without the rows on the driver."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from xner_ray import engine
+
+
+def _read(item: int, rows: int = 10):
+    for start in range(0, rows, 4):
+        n = min(4, rows - start)
+        yield pa.table({"lang": ["xx"] * n, "i": [item * 100 + start + k for k in range(n)]})
+
+
+class Double:
+    def __init__(self, factor: int = 2):
+        self.factor = factor
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return table.append_column("y", pa.array([v * self.factor for v in
+                                                  table.column("i").to_pylist()]))
+
+
+class FileSink:
+    """Writes each call's rows to one Parquet file; returns only its path and row count."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def write(self, tables):
+        import uuid
+
+        t = pa.concat_tables(tables)
+        path = f"{self.folder}/part-{uuid.uuid4().hex}.parquet"
+        pq.write_table(t, path)
+        return [{"path": path, "rows": t.num_rows}]
+
+
+def _plan(tmp_path, name: str) -> engine.Plan:
+    folder = tmp_path / name
+    folder.mkdir()
+    return engine.Plan(items=[1, 2, 3], read=partial(_read, rows=10),
+                       stages=[engine.Stage(Double, (3,), batch_size=3)],
+                       sink=FileSink(str(folder)), rows_per_write=8)
+
+
+def _rows(records) -> list:
+    return sorted(r for rec in records for r in
+                  zip(*pq.read_table(rec["path"]).select(["i", "y"]).to_pydict().values()))
+
+
+def test_local_runner_writes_every_row_through_the_sink(tmp_path):
+    records = engine.run(_plan(tmp_path, "local"), local=True)
+    assert sum(r["rows"] for r in records) == 30
+    assert all(r["rows"] >= 8 or r is records[-1] for r in records)  # gathered before writing
+    assert _rows(records) == sorted((i, 3 * i) for it in (1, 2, 3) for i in
+                                    range(it * 100, it * 100 + 10))
+
+
+@pytest.mark.slow
+def test_ray_runner_gives_the_same_rows(ray_cluster, tmp_path):
+    local = _rows(engine.run(_plan(tmp_path, "a"), local=True))
+    records = engine.run(_plan(tmp_path, "b"))
+    assert set(records[0]) == {"path", "rows"}  # the driver gets records, not rows
+    assert _rows(records) == local
+
+
+class _Top:
+    """A minimal set selector over one score column (the protocol of selectors.SetSelector)."""
+
+    rank_columns = ("score",)
+
+    def __init__(self, rho):
+        from xner_ray.selectors import TopRho
+
+        self.inner = TopRho("score", rho)
+        self.rho = rho
+
+    def batch_keys(self, table):
+        return self.inner.batch_keys(table)
+
+
+def _score_files(tmp_path, n: int, parts: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.random(n), 2)  # many ties
+    ids = [f"s{i:05d}" for i in rng.permutation(n)]
+    files = []
+    for k, chunk in enumerate(np.array_split(np.arange(n), parts)):
+        path = str(tmp_path / f"scores-{k}.parquet")
+        pq.write_table(pa.table({"sent_id": [ids[i] for i in chunk],
+                                 "score": scores[chunk].astype(np.float32)}), path)
+        files.append(path)
+    return files
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.35, 0.8, 1.0])
+def test_local_cutoffs_equal_an_in_memory_fit(tmp_path, rho):
+    from xner_ray.selectors import TopRho
+
+    files = _score_files(tmp_path, 500, 4)
+    got = engine.exact_cutoffs(files, pafs.LocalFileSystem(), _Top(rho), 500, local=True)
+    whole = pa.concat_tables([pq.read_table(f) for f in files])
+    assert got == TopRho("score", rho).fit(whole).cutoffs
+
+
+@pytest.mark.slow
+def test_distributed_cutoffs_equal_an_in_memory_fit(ray_cluster, tmp_path):
+    from xner_ray.selectors import TopRho
+
+    files = _score_files(tmp_path, 3000, 6, seed=1)
+    whole = pa.concat_tables([pq.read_table(f) for f in files])
+    for rho in (0.3, 0.8):
+        got = engine.exact_cutoffs(files, pafs.LocalFileSystem(), _Top(rho), 3000)
+        assert got == TopRho("score", rho).fit(whole).cutoffs
+        kept = TopRho("score", rho).set_cutoffs(got).select(whole).column("selected")
+        assert sum(kept.to_pylist()) == int(rho * 3000)
