@@ -98,4 +98,4 @@ def test_bad_rikd_config_fails_before_any_work(tmp_path, capsys):
     config.write_text("run_id: x\nstore: s\nout: o\nsource_dev: d\nteacher: t\n"
                       "targets: [{lang: de, unlabeled: u, devv: typo}]\n")
     assert _rikd_main(["--config", str(config)]) == 2
-    assert "unknown target keys ['devv']" in capsys.readouterr().err
+    assert "unknown key targets[0].devv; did you mean 'dev'?" in capsys.readouterr().err

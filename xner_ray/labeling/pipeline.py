@@ -67,6 +67,9 @@ class LabelConfig:
     use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
     rows_per_file: int = field(default=65_536, metadata={"help": "rows a write task gathers "
                                                                   "into one Parquet file"})
+    allow_empty: bool = field(default=False, metadata={
+        "help": "commit a language's round even when its inputs hold no usable sentence "
+                "(default: that is an error naming the inputs and their rejects)"})
     local: bool = field(default=False, metadata={
         "help": "run the stages in this process instead of on Ray (tests, baselines)"})
 
@@ -329,6 +332,11 @@ def label_rounds(cfg: LabelConfig, store) -> Iterator[dict]:
         rounds[rec["lang"]].add(rec)
     for r in rounds.values():
         _add_rejects(store, r)
+        if not r.rows.get("pseudo_labels") and not cfg.allow_empty:
+            paths = sorted({p for p, spec in inputs if spec.lang == r.lang})
+            raise ValueError(f"no usable sentence for {r.lang} in {', '.join(paths)} "
+                             f"(rejects: {r.rejects_by_reason or 'none'}); nothing committed "
+                             "(allow_empty: true commits an empty round)")
         if selector.scope == "set":
             _decide_set(cfg, store, r, make_selector(cfg.selector))  # one per language
         r.counts["seconds"] = round(time.time() - t0, 1)
