@@ -215,3 +215,38 @@ def predict_log_probs(model, tokenizer, words: Sequence[Sequence[str]], *, batch
         for i, lp in zip(idx, word_log_probs(logits, batch, o_index)):
             out[i] = lp
     return out  # type: ignore[return-value]
+
+
+def position_limit(config, tokenizer=None) -> int:
+    """The most sub-words one forward pass of this encoder can take: its position table, less
+    the RoBERTa-style offset (positions start after the padding index), and the tokenizer's
+    ``model_max_length`` when that is smaller."""
+    limit = int(getattr(config, "max_position_embeddings", 512) or 512)
+    if "roberta" in str(getattr(config, "model_type", "")) or getattr(
+            config, "model_type", "") == "camembert":
+        limit -= int(config.pad_token_id or 0) + 1
+    tok_limit = getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None
+    if tok_limit and tok_limit < 1_000_000:
+        limit = min(limit, int(tok_limit))
+    return limit
+
+
+def inference_model(name_or_path: str, device: str | torch.device, *, bf16: Optional[bool] = None,
+                    sdpa: bool = True, compile: bool = False):
+    """A trained token classifier ready for labeling on ``device``: eval mode, bf16 weights on
+    CUDA (``bf16=None``: on CUDA only), PyTorch SDPA attention where the model supports it, and
+    optionally ``torch.compile`` (shapes vary: dynamic)."""
+    device = torch.device(device)
+    model = load_token_classifier(name_or_path).eval()
+    if sdpa and hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError) as exc:  # the architecture has no SDPA path
+            logger.info("%s: keeping attention %s (%s)", name_or_path,
+                        getattr(model.config, "_attn_implementation", "?"), exc)
+    if bf16 is None:
+        bf16 = device.type == "cuda"
+    model = model.to(device=device, dtype=torch.bfloat16 if bf16 else None)
+    if compile:
+        model = torch.compile(model, dynamic=True)
+    return model
