@@ -66,31 +66,97 @@ def cluster_cpus_gpus() -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class WorkerResources:
-    num_workers: int
+    num_workers: int          # the most workers / actors to plan for
     cpus_per_worker: float
     use_gpu: bool
     torch_threads: int
+    gpus_per_worker: float = 0.0
+    min_workers: int = 1      # actor pools scale between min_workers and num_workers
+
+
+def _env_number(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ValueError(f"${name} must be a number, got {value!r}") from None
+
+
+def _gpu_node_cpu_share() -> Optional[float]:
+    """CPUs per GPU on the smallest GPU node present (None when no GPU node is up yet)."""
+    import ray
+
+    shares = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in ray.nodes()
+              if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1]
+    return min(shares) if shares else None
+
+
+def _gpu_plan(gpus: float, num_workers: Optional[int], per_gpu: int) -> WorkerResources:
+    """GPU workers are *asked for*, not checked: a request no node can hold yet is a pending
+    resource demand, and the autoscaler starts a GPU node for it. ``$XNER_MAX_GPUS`` (set on a
+    cluster whose GPU group scales from 0) is how many GPUs the plan may grow to."""
+    max_gpus = max(int(gpus), int(_env_number("XNER_MAX_GPUS", 0)), 1)
+    n = num_workers or max_gpus * per_gpu
+    share = _gpu_node_cpu_share()
+    per_gpu_cpus = share if share is not None else _env_number("XNER_CPUS_PER_GPU", 1.0)
+    # leave a quarter of a GPU node's CPUs (at least one) to the data pipeline beside it
+    per = max(0.5, math.floor(2 * (per_gpu_cpus - max(1.0, per_gpu_cpus / 4)) / per_gpu) / 2)
+    return WorkerResources(n, per, True, torch_threads=max(1, int(per)),
+                           gpus_per_worker=1.0 / per_gpu, min_workers=1)
 
 
 def derive_workers(num_workers: Optional[int] = None, use_gpu: Optional[bool] = None,
                    *, reserve_cpus: Optional[float] = None) -> WorkerResources:
-    """Training/inference worker layout for the connected cluster.
+    """Training worker layout for the connected cluster.
 
-    GPU clusters: one worker per GPU with an equal share of the CPUs. CPU clusters: ``reserve``
-    CPUs (default a quarter of the cluster, at least one: a Ray Data task asks for a whole CPU
-    unless told otherwise) stay free for the data pipeline; the rest is split across the
-    workers in half-CPU steps, one worker per ~8 CPUs by default (torch's intra-op threads stop
-    paying off beyond that).
+    GPU (present, or asked for with ``use_gpu=True``): one worker per GPU (see
+    :func:`_gpu_plan`). CPU clusters: ``reserve`` CPUs (default a quarter of the cluster, at
+    least one) stay free for the data pipeline; the rest is split across the workers in
+    half-CPU steps, one worker per ~8 CPUs by default (torch's intra-op threads stop paying
+    off beyond that).
     """
     cpus, gpus = cluster_cpus_gpus()
+    max_gpus = max(gpus, _env_number("XNER_MAX_GPUS", 0))
+    gpu = bool(max_gpus >= 1) if use_gpu is None else use_gpu
+    if gpu:
+        return _gpu_plan(gpus, num_workers, per_gpu=1)
     if cpus <= 0:
         raise RuntimeError("the Ray cluster reports no CPUs")
-    gpu = bool(gpus >= 1) if use_gpu is None else use_gpu
-    if gpu and gpus < 1:
-        raise ValueError("use_gpu=True but the cluster has no GPU")
     reserve = max(1.0, cpus / 4) if reserve_cpus is None else reserve_cpus
-    n = num_workers or (int(gpus) if gpu else max(1, int((cpus - reserve) // 8)))
+    n = num_workers or max(1, int((cpus - reserve) // 8))
     per = max(0.5, math.floor(2 * (cpus - reserve) / n) / 2)
     if n * per > cpus:
         raise ValueError(f"{n} workers x {per} CPU do not fit a cluster of {cpus:g} CPUs")
-    return WorkerResources(n, per, gpu, torch_threads=max(1, int(per)))
+    return WorkerResources(n, per, False, torch_threads=max(1, int(per)), min_workers=n)
+
+
+# Logical CPUs of the light labeling tasks and actors around the teachers (read tasks, the
+# sub-word and selector actors, write tasks): what the teacher layout leaves free for them.
+LIGHT_CPUS = 0.1
+
+
+def inference_layout(num_actors: Optional[int] = None, use_gpu: Optional[bool] = None,
+                     threads: Optional[int] = None, *, actors_per_gpu: int = 2
+                     ) -> WorkerResources:
+    """Teacher actors for labeling (issue 14: actors x threads from the cluster, overridable).
+
+    GPU: ``actors_per_gpu`` actors share each device (fractional GPUs), so one actor's CPU work
+    (tokenizing, post-processing, writing) overlaps another's forward. CPU: torch threads per
+    actor ``threads`` (default 1 on <= 4 CPUs, 2 on <= 16, else 4: intra-op threads stop
+    paying off and collapse under load on shared cores, PLATFORM.md), one actor per ``threads``
+    cores; each asks for an equal share of what the light tasks leave (they need ~0.5 CPU
+    together: asking for a whole CPU per actor is how a 2-core machine hangs).
+    """
+    cpus, gpus = cluster_cpus_gpus()
+    max_gpus = max(gpus, _env_number("XNER_MAX_GPUS", 0))
+    if (bool(max_gpus >= 1) if use_gpu is None else use_gpu):
+        return _gpu_plan(gpus, num_actors, per_gpu=actors_per_gpu)
+    if cpus <= 0:
+        raise RuntimeError("the Ray cluster reports no CPUs")
+    t = threads or (1 if cpus <= 4 else 2 if cpus <= 16 else 4)
+    n = num_actors or max(1, int(cpus // t))
+    free = cpus - 5 * LIGHT_CPUS
+    per = math.floor(100 * free / n) / 100
+    if per < 0.05:
+        raise ValueError(f"{n} teacher actors do not fit a cluster of {cpus:g} CPUs")
+    return WorkerResources(n, per, False, torch_threads=t, min_workers=n)
