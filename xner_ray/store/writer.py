@@ -12,15 +12,17 @@
 Batches stream into Parquet files in ``_tmp`` (a new file every ``rows_per_file`` rows; a round
 is never held in memory). On a clean exit each table's folder is renamed into place and the
 manifest (counts, files, schema version, label set, times, ``meta``) is written last -- the
-manifest is the commit. On an exception the temporary folder is removed and nothing becomes
-visible. Leftovers of an interrupted attempt (``_tmp`` folders, partitions without a manifest)
-are removed when the round is written again.
+manifest is the commit. Entering the block takes the round's writer lease (a second writer of
+the same round gets ``LeaseHeld`` naming this one); leaving it commits and releases the lease.
+On an exception the attempt's temporary folder is removed, the lease released and nothing
+becomes visible. Leftovers of an interrupted attempt (``_tmp`` folders, partitions without a
+manifest) are removed when the round is written again -- see the commit protocol in
+:mod:`xner_ray.store.store`.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 from typing import Iterable, Optional, Sequence
 
@@ -31,7 +33,7 @@ import pyarrow.parquet as pq
 
 from xner_ray.records import Reject, RejectSink
 from xner_ray.store import schema as S
-from xner_ray.store.store import TMP, Store, check_name, check_round, utcnow
+from xner_ray.store.store import Store, check_name, check_round, failpoint, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class RoundWriter:
         self.reject_counts: collections.Counter = collections.Counter()
         self._parts: dict[str, _PartWriter] = {}
         self._tmp: Optional[str] = None
+        self._lease = None
         self._started = None
 
     @property
@@ -126,52 +129,65 @@ class RoundWriter:
     def __enter__(self) -> "RoundWriter":
         st = self.store
         if st.is_complete(self.run_id, self.lang, self.round):
-            self.skipped = True
-            self.manifest = st.manifest(self.run_id, self.lang, self.round)
-            logger.info("round %s is complete in %s: skipping", self.key, st)
-            return self
-        leftovers = [st.path(TMP, self.key)] + [
-            st.partition_dir(t, self.run_id, self.lang, self.round) for t in S.ROUND_TABLES]
-        self.cleaned = any([st.delete_dir(p) for p in leftovers])
+            return self._skip()
+        began = st.begin_attempt(self.run_id, self.lang, self.round)  # takes the lease
+        if began is None:  # committed by another writer while we waited for nothing
+            return self._skip()
+        self._tmp, self._lease, self.cleaned = began
         if self.cleaned:
             logger.warning("removed leftovers of an interrupted write of %s in %s", self.key, st)
-        self._tmp = st.new_tmp_dir(self.key)
         self._started = utcnow()
+        return self
+
+    def _skip(self) -> "RoundWriter":
+        self.skipped = True
+        self.manifest = self.store.manifest(self.run_id, self.lang, self.round)
+        logger.info("round %s is complete in %s: skipping", self.key, self.store)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.skipped:
             return False
-        for part in self._parts.values():
-            part.close()
         if exc_type is not None:
-            self.store.delete_dir(self.store.path(TMP, self.key))
-            logger.warning("round %s not committed: %s", self.key, exc_type.__name__)
+            for part in self._parts.values():
+                try:
+                    part.close()
+                except Exception:  # noqa: BLE001 - the original exception matters more
+                    pass
+            self.store.abort_round(self.run_id, self.lang, self.round)
             return False
-        self._commit()
+        try:
+            for part in self._parts.values():
+                part.close()
+            self._commit()
+        except BaseException:
+            self.store.abort_round(self.run_id, self.lang, self.round)
+            raise
         return False
 
     def _commit(self) -> None:
+        """The commit protocol of :mod:`xner_ray.store.store`: fence, move, fence, manifest."""
         st = self.store
+        failpoint("files_written")
+        self._lease.check()
         tables = {}
         for name in S.ROUND_TABLES:
             part = self._parts.get(name)
             final = st.partition_dir(name, self.run_id, self.lang, self.round)
             if part is not None and part.files:
                 st.move_dir(part.dir, final)
-            rel = final[len(st.root) + 1:]
+                failpoint("mid_move")
+            rel = st.rel(final)
             files = [f"{rel}/{f}" for f in part.files] if part is not None else []
             tables[name] = {"rows": part.rows if part is not None else 0, "files": files}
-        self.manifest = {
+        manifest = {
             "schema_version": S.SCHEMA_VERSION, "run_id": self.run_id, "lang": self.lang,
             "round": self.round, "started_at": self._started.isoformat(),
-            "committed_at": utcnow().isoformat(), "tables": tables, "labels": self.labels,
+            "committed_at": None, "tables": tables, "labels": self.labels,
             "rejects_by_reason": dict(sorted(self.reject_counts.items())), "meta": self.meta,
+            "attempt": self._lease.attempt,
         }
-        data = json.dumps(self.manifest, indent=1, sort_keys=True, default=str).encode()
-        st.write_bytes_atomic(st.manifest_path(self.run_id, self.lang, self.round), data)
-        st.delete_dir(st.path(TMP, self.key))
-        logger.info("committed %s: %s", self.key, {t: v["rows"] for t, v in tables.items()})
+        self.manifest = st.finish_commit(self.key, self._lease, manifest)
 
     # -- writes ------------------------------------------------------------------------------------
     def write(self, table: str, batch: S.Batch) -> int:
