@@ -103,6 +103,7 @@ def check_store(store: Store, *, stale_run_s: float = DEFAULT_STALE_RUN_S) -> li
     problems: list[Problem] = []
     live = _live_leases(store, problems)
     committed: dict[str, dict] = {}
+    present = {t: store.present_files(store.path(t)) for t in S.ROUND_TABLES}  # one listing each
     # manifests
     for info in store.listdir(store.path(MANIFESTS), recursive=True):
         if info.type != pafs.FileType.File:
@@ -121,7 +122,9 @@ def check_store(store: Store, *, stale_run_s: float = DEFAULT_STALE_RUN_S) -> li
             problems.append(Problem("corrupt_manifest", ERROR, rel, str(exc).split(";")[0], key))
             continue
         committed[key] = m
-        gone = store.missing_files(m)
+        gone = {t: missing for t, v in m["tables"].items()
+                if (missing := [f for f in v["files"] if f not in present.get(t, ())])}
+        gone = store.missing_files(m, sorted(gone)) if gone else {}  # (files of other folders)
         if gone:
             n = sum(len(v) for v in gone.values())
             first = next(iter(gone.values()))[0]
@@ -131,10 +134,7 @@ def check_store(store: Store, *, stale_run_s: float = DEFAULT_STALE_RUN_S) -> li
     # partition folders
     for table in S.ROUND_TABLES:
         orphans: dict[str, int] = {}
-        for info in store.listdir(store.path(table), recursive=True):
-            if info.type != pafs.FileType.File:
-                continue
-            rel = store.rel(info.path)
+        for rel in sorted(present[table]):
             key = _key_of(rel)
             if key is None:
                 continue

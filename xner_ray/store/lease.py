@@ -382,11 +382,13 @@ class Lease:
                 return False
             if self.store.is_local:
                 directory = os.path.dirname(self.path)
-                with _dir_lock(directory):
-                    cur = read_lease(self.store, self.path)
-                    if cur is not None and cur.get("holder") == self.holder:
-                        write_local_atomic(self.path, self._encode(self._record()))
-                        return True
+                cur = None
+                if os.path.isdir(directory):  # else the store (or its _leases) was deleted
+                    with _dir_lock(directory):
+                        cur = read_lease(self.store, self.path)
+                        if cur is not None and cur.get("holder") == self.holder:
+                            write_local_atomic(self.path, self._encode(self._record()))
+                            return True
             else:
                 cur = read_lease(self.store, self.path)
                 if cur is not None and cur.get("holder") == self.holder:
@@ -446,6 +448,8 @@ class Lease:
         with self._lock:
             try:
                 if self.store.is_local:
+                    if not os.path.isdir(os.path.dirname(self.path)):
+                        return
                     with _dir_lock(os.path.dirname(self.path)):
                         cur = read_lease(self.store, self.path)
                         if cur is not None and cur.get("holder") == self.holder:

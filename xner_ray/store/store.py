@@ -479,6 +479,11 @@ class Store:
                     out.setdefault(name, []).extend(gone)
         return out
 
+    def present_files(self, base: str) -> set[str]:
+        """Store-relative paths of the files under ``base`` (one recursive listing)."""
+        return {self.rel(i.path) for i in self.listdir(base, recursive=True)
+                if i.type == pafs.FileType.File}
+
     def check_files(self, manifest: dict, tables: Optional[list[str]] = None) -> None:
         """Raise :class:`MissingFilesError` naming the round when listed files are gone."""
         gone = self.missing_files(manifest, tables)
@@ -561,9 +566,16 @@ class Store:
                 p for p in [self.run_path(run_id)] if self.exists(p)]
         else:
             ms = [m for m in self.manifests(run_id, lang) if round is None or m["round"] == round]
-            for m in ms:
-                self.check_files(m, [table])
-            files = [self.path(f) for m in ms for f in m["tables"].get(table, {}).get("files", [])]
+            listed = [f for m in ms for f in m["tables"].get(table, {}).get("files", [])]
+            if listed:  # one (recursive) listing, not one per round: cheap on object stores
+                base = self.path(table, *([f"run_id={run_id}"] if run_id is not None else []),
+                                 *([f"lang={lang}"] if run_id is not None and lang is not None
+                                   else []))
+                present = self.present_files(base)
+                for m in ms:
+                    if any(f not in present for f in m["tables"].get(table, {}).get("files", [])):
+                        self.check_files(m, [table])
+            files = [self.path(f) for f in listed]
         if not files:
             return ds.dataset(schema.empty_table())
         part = ds.partitioning(pa.schema([schema.field(c) for c in spec.partition_cols]),
