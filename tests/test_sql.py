@@ -134,7 +134,9 @@ def test_every_question_has_a_header_and_a_test():
     tested = {"sentences_entities", "label_distribution", "confidence_histogram",
               "selection_summary", "top_entities", "label_flips", "pseudo_label_prf",
               "boundary_errors", "rejects_per_reason", "projection_status", "runs_overview",
-              "policy_auc"}
+              "policy_auc",
+              "boundary_ops",  # tests/test_calibrenet_garble.py
+              "calibration_errors", "calibration_summary"}
     assert set(files) == tested
 
 
@@ -429,3 +431,98 @@ def test_policy_auc_against_a_hand_computation(tmp_path):
         "(count(*) FILTER (WHERE ok) + 1) / 2.0) / (count(*) FILTER (WHERE ok) * "
         "count(*) FILTER (WHERE NOT ok)) FROM ranked").fetchone()[0]
     assert auc == pytest.approx(sum(pairs) / len(pairs))
+
+
+# -- CalibreNet: the calibrations table -----------------------------------------------------------
+# es round-0 base tags (ES[k][2]) and hand-made calibrated tags: s2's sub span (Ana), s3's sub,
+# s5's super are fixed; s7's adjacent span becomes a sub span; s9's type_boundary span gets
+# the gold boundaries with the wrong type; s6 and s8 are left as they were.
+CALIB_ES = {"s1": "B-PER O O B-LOC O", "s2": "O B-LOC O B-PER I-PER", "s3": "B-ORG I-ORG I-ORG O",
+            "s4": "B-MISC", "s5": "O O B-PER O", "s6": "O O B-LOC I-LOC O", "s7": "O B-PER O O",
+            "s8": "B-MISC O O I-ORG", "s9": "O B-ORG I-ORG O"}
+CALIB_NL = {"n1": "B-PER O O B-LOC", "n2": "O"}
+
+
+def _calib_rows(base: dict, calib: dict) -> list[dict]:
+    from xner_ray.labels import tags_to_spans
+
+    rows = []
+    for k, tags in calib.items():
+        orig = base[k].split()
+        o = [(s, e, t) for s, e, t in tags_to_spans(orig)]
+        c = [(s, e, t) for s, e, t in tags_to_spans(tags.split())]
+        rows.append({
+            "sent_id": k, "teacher": "t@0", "calibrator": "calibrenet.v1(hand)",
+            "orig_tags": orig, "calib_tags": tags.split(),
+            "orig_spans": [{"start": s, "end": e, "type": t, "score": 0.9 if k == "s1" else 0.5}
+                           for s, e, t in o],
+            "calib_spans": [{"start": s, "end": e, "type": t, "score": 0.8} for s, e, t in c],
+            "calib_score": 0.8 if c else None,
+            "n_changed": sum(x not in c for x in o)})
+    return rows
+
+
+def add_calibrations(store: Store) -> Store:
+    """A second run ``c1`` whose rounds hold only ``calibrations`` (gold comes from r1's
+    sentences: the join is on lang + sent_id)."""
+    with store.round_writer("c1", "es", 0, labels=LABELS) as w:
+        w.write("calibrations", _calib_rows({k: v[2] for k, v in ES.items()}, CALIB_ES))
+    with store.round_writer("c1", "nl", 0, labels=LABELS) as w:
+        w.write("calibrations", _calib_rows({k: v[2] for k, v in NL.items()}, CALIB_NL))
+    return store
+
+
+@pytest.fixture(scope="module", params=["read_only", "plain_duckdb"])
+def cal_con(request, tmp_path_factory):
+    store = add_calibrations(build_store(tmp_path_factory.mktemp("cal-store")))
+    if request.param == "read_only":
+        return sqlshell.connect(store.root)
+    con = duckdb.connect()
+    con.execute("SET VARIABLE store = ?", [store.root])
+    for st in con.extract_statements((sqlshell.sql_dir() / "setup" / "views.sql").read_text()):
+        con.execute(st.query)
+    return con
+
+
+def test_calibration_errors(cal_con):
+    rows = by([r for r in q(cal_con, "calibration_errors") if r["run_id"] == "c1"],
+              "lang", "type", "category")
+    got = {k[1:]: (r["before"], r["after"], r["change"]) for k, r in rows.items()}
+    assert got == {("LOC", "type"): (1, 1, 0), ("PER", "sub"): (1, 1, 0),  # s2 fixed, s7 new
+                   ("ORG", "sub"): (1, 0, -1), ("PER", "super"): (1, 0, -1),
+                   ("LOC", "drifted"): (1, 1, 0), ("PER", "adjacent"): (1, 0, -1),
+                   ("MISC", "spurious"): (1, 1, 0), ("LOC", "missed"): (1, 1, 0),
+                   ("ORG", "missed"): (1, 1, 0), ("ORG", "type_boundary"): (1, 0, -1),
+                   ("ORG", "type"): (0, 1, 1)}
+    assert {k[0] for k in rows} == {"es"}  # nl has no gold
+    assert {k[1:] for k, r in rows.items() if r["boundary"]} == {
+        ("PER", "sub"), ("ORG", "sub"), ("PER", "super"), ("LOC", "drifted"), ("PER", "adjacent")}
+
+
+def test_calibration_errors_before_repeats_boundary_errors(cal_con):
+    before: dict = {}
+    for r in q(cal_con, "calibration_errors"):
+        before[r["category"]] = before.get(r["category"], 0) + r["before"]
+    base = {r["category"]: r["errors"] for r in q(cal_con, "boundary_errors")
+            if (r["run_id"], r["lang"], r["round"]) == ("r1", "es", 0)}
+    assert {k: v for k, v in before.items() if v} == base
+
+
+def test_calibration_summary(cal_con):
+    rows = by(q(cal_con, "calibration_summary"), "run_id", "lang", "round")
+    es = rows[("c1", "es", 0)]
+    # 12 stored spans: labels.tags_to_spans (which built them) reads s8's orphan I-ORG as a
+    # span; bio_spans (strict, the F1 below) does not
+    assert (es["sentences"], es["orig_spans"], es["calib_spans"]) == (9, 12, 12)
+    assert (es["spans_changed"], es["sentences_changed"]) == (5, 5)  # s2 s3 s5 s7 s9
+    assert es["calibrator"] == "calibrenet.v1(hand)"
+    assert es["avg_orig_score"] == pytest.approx((0.9 + 8 * 0.5) / 9, abs=1e-6)
+    assert es["avg_calib_score"] == pytest.approx(0.8, abs=1e-6)
+    # gold: 8 sentences, 11 entities; before 10 predicted, 2 right (= pseudo_label_prf's 4/21);
+    # after 10 predicted, 5 right (s1 x2, Ana, Banco de España, Obama)
+    assert (es["gold_sentences"], es["gold_entities"]) == (8, 11)
+    assert es["f1_before"] == pytest.approx(4 / 21) and es["f1_after"] == pytest.approx(10 / 21)
+    nl = rows[("c1", "nl", 0)]
+    assert (nl["sentences"], nl["spans_changed"], nl["gold_sentences"]) == (2, 0, 0)
+    assert nl["f1_before"] is None and nl["f1_after"] is None
+    assert set(rows) == {("c1", "es", 0), ("c1", "nl", 0)}

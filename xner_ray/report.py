@@ -163,6 +163,27 @@ def _per_group_bars(rows: list[dict], label: str, value: str, title: str) -> str
     return _charts(figs) + (html_table(rows) if rows else "")
 
 
+CATEGORIES = ("super", "sub", "drifted", "adjacent", "type", "type_boundary", "spurious", "missed")
+
+
+def _calibration(summary: list[dict], errors: list[dict]) -> str:
+    """CalibreNet: what the calibration stage changed, and (where gold exists) the error
+    categories of the base tags vs the calibrated tags, summed over entity types."""
+    if not summary:
+        return '<p class="note">no calibrations in the store (jobs/calibrenet.py writes them)</p>'
+    figs = []
+    for k, g in _groups(errors, ("run_id", "lang", "round")).items():
+        cats = [c for c in CATEGORIES if any(r["category"] == c for r in g)]
+        total = {side: [sum(r[side] for r in g if r["category"] == c) for c in cats]
+                 for side in ("before", "after")}
+        figs.append(bar_chart(cats, total, f"errors before / after calibration: {_name(k)}"))
+    return (_charts(figs) if figs else '<p class="note">no gold labels for the calibrated '
+            'rounds</p>') + html_table(summary, [
+                "run_id", "lang", "round", "sentences", "orig_spans", "calib_spans",
+                "spans_changed", "sentences_changed", "avg_orig_score", "avg_calib_score",
+                "gold_entities", "f1_before", "f1_after"]) + (html_table(errors) if errors else "")
+
+
 def build_report(store_root: Union[str, os.PathLike, Store], title: Optional[str] = None) -> str:
     """The report's HTML text."""
     store = store_root if isinstance(store_root, Store) else Store(store_root)
@@ -182,6 +203,8 @@ def build_report(store_root: Union[str, os.PathLike, Store], title: Optional[str
          _prf(rows("pseudo_label_prf"))),
         ("Error categories (CalibreNet Table 1)",
          _per_group_bars(rows("boundary_errors"), "category", "errors", "errors")),
+        ("Calibration (CalibreNet: base tags vs calibrated tags)",
+         _calibration(rows("calibration_summary"), rows("calibration_errors"))),
         ("Rejected input", _per_group_bars(rows("rejects_per_reason"), "reason", "rejects",
                                            "rejects")),
         ("Annotation projection", html_table(rows("projection_status"))),

@@ -42,7 +42,8 @@ import pyarrow as pa
 from xner_ray.store import schema as S
 from xner_ray.store.store import Store
 
-VIEWS = ("sentences", "pseudo_labels", "runs", "rejects", "projections", "decisions")
+VIEWS = ("sentences", "pseudo_labels", "runs", "rejects", "projections", "decisions",
+         "calibrations")
 DECIDED = ("policy_p", "selected", "selector", "weight")  # what a decisions row overrides
 FORMATS = ("table", "csv", "json")
 DESCRIPTION = ("Query the store with DuckDB. Views: sentences, pseudo_labels, runs, rejects, "

@@ -159,6 +159,29 @@ SELECT COLUMNS(lambda c: c <> 'empty') FROM (
 )
 WHERE (run_id, lang, round) IN (SELECT run_id, lang, round FROM _committed_rounds);
 
+CREATE OR REPLACE VIEW calibrations AS
+SELECT COLUMNS(lambda c: c <> 'empty') FROM (
+  SELECT
+    NULL::VARCHAR AS "sent_id",
+    NULL::VARCHAR AS "teacher",
+    NULL::VARCHAR AS "calibrator",
+    NULL::VARCHAR[] AS "orig_tags",
+    NULL::VARCHAR[] AS "calib_tags",
+    NULL::STRUCT("start" INTEGER, "end" INTEGER, "type" VARCHAR, "score" FLOAT)[] AS "orig_spans",
+    NULL::STRUCT("start" INTEGER, "end" INTEGER, "type" VARCHAR, "score" FLOAT)[] AS "calib_spans",
+    NULL::FLOAT AS "calib_score",
+    NULL::INTEGER AS "n_changed",
+    NULL::VARCHAR AS "lang",
+    NULL::INTEGER AS "round",
+    NULL::VARCHAR AS "run_id"
+  WHERE false
+  UNION ALL BY NAME
+  SELECT * FROM read_parquet(rtrim(getvariable('store'), '/') || '/calibrations/*/*/*/*.parquet',
+    hive_partitioning = true, union_by_name = true, allow_empty = true,
+    hive_types = {'run_id': VARCHAR, 'lang': VARCHAR, 'round': INTEGER})
+)
+WHERE (run_id, lang, round) IN (SELECT run_id, lang, round FROM _committed_rounds);
+
 CREATE OR REPLACE VIEW pseudo_labels AS
 SELECT p.* REPLACE (
     CASE WHEN d.sent_id IS NULL THEN p.policy_p ELSE d.policy_p END AS policy_p,
