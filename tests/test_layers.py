@@ -14,6 +14,7 @@ from a layer above. Siblings on one line (``a | b``) are independent: neither im
     engine
     store
     models
+    console (the command line's parser and one-line errors)
     io | cluster | config | scores | selectors
     labels | records | logs (the ground floor)
 
@@ -38,6 +39,7 @@ LAYERS = [
     ["engine"],
     ["store"],
     ["models"],
+    ["console"],
     ["io", "cluster", "config", "scores", "selectors"],
     ["labels", "records", "logs"],
 ]

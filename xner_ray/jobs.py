@@ -185,7 +185,7 @@ def run_job(name: str, cls: type, fn: Callable[[Any], Any],
             argv: Optional[Sequence[str]] = None, doc: str = "") -> int:
     """``jobs/NAME.py`` with an explicit config class and function (tests, custom jobs)."""
     from xner_ray import logs
-    from xner_ray.cli import XnerParser, run_command
+    from xner_ray.console import XnerParser, run_command
 
     p = XnerParser(prog=f"jobs/{name}.py", description=doc,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
