@@ -233,6 +233,13 @@ _FILTERS = {
     "ray.data._internal.execution.streaming_executor": ("Starting execution of Dataset",
                                                         "Execution plan of Dataset",
                                                         "execution finished in"),
+    # the per-write summary of a Ray Data sink (the store logs its own commit line)
+    "ray.data.dataset": ("Data sink %s finished",),
+    # Ray Train asks Ray's autoscaler for its workers' resources; a private local cluster has
+    # no autoscaler, and on a busy machine the request times out with a 20-line traceback
+    # (Ray: "safe to ignore" when the CPU is overloaded)
+    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": (
+        "Failed to send resource request",),
     # a private cluster is ours alone: its token notice is not for the user
     "ray._private.authentication.authentication_token_setup": ("Token authentication is "
                                                                "enabled",),
