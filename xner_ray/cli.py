@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     from xner_ray.report import add_report_parser
     from xner_ray.sqlshell import add_sql_parser
 
-    for q in (add_sql_parser(sub), add_report_parser(sub)):
+    from xner_ray.store.check import add_store_parser
+
+    for q in (add_sql_parser(sub), add_report_parser(sub), add_store_parser(sub)):
         _add_common(q)
     add_job_parsers(sub)
     for name in _job_names():

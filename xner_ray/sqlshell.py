@@ -40,6 +40,7 @@ import duckdb
 import pyarrow as pa
 
 from xner_ray.store import schema as S
+from xner_ray.store.check import check_store_path as check_store  # noqa: F401 (xner sql)
 from xner_ray.store.store import Store
 
 VIEWS = ("sentences", "pseudo_labels", "runs", "rejects", "projections", "decisions",
@@ -289,33 +290,6 @@ def shell(con: duckdb.DuckDBPyConnection, stdin: TextIO, stdout: TextIO, fmt: st
             except duckdb.Error as exc:
                 print(f"error: {exc}", file=stdout)
             buf = []
-
-
-STORE_ENTRIES = ("_manifests", "runs", "_tmp") + VIEWS
-
-
-def check_store(root: Union[str, os.PathLike]) -> None:
-    """A local store path must exist (a mistyped one must not read as an empty store), and a
-    folder with other things in it must look like a store. URIs (``s3://...``) are not
-    checked here: the store reads them as they are."""
-    from xner_ray.config import ConfigError
-
-    text = os.fspath(root)
-    if "://" in text and not text.startswith("file://"):
-        return
-    path = Path(text[len("file://"):] if text.startswith("file://") else text)
-    if not path.exists():
-        hint = next((f"; did you mean {c}?" for c in (path.parent / "store",) if c.is_dir()
-                     and c != path), "")
-        raise ConfigError(f"store {text} does not exist{hint}")
-    if not path.is_dir():
-        raise ConfigError(f"store {text} is not a folder")
-    names = {p.name for p in path.iterdir()}
-    if names and not names & set(STORE_ENTRIES):
-        inner = path / "store"
-        hint = f"; did you mean {inner}?" if inner.is_dir() else ""
-        raise ConfigError(f"{text} is not a store (none of {', '.join(STORE_ENTRIES[:3])}, "
-                          f"sentences/ ... in it){hint}")
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

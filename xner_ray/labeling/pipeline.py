@@ -57,7 +57,9 @@ class LabelConfig:
                                                           "'confidence:0.9', 'top_rho:confidence:0.8'"})
     batch_size: int = field(default=32, metadata={"help": "sentences per forward pass"})
     block_rows: int = field(default=256, metadata={"help": "sentences per actor call"})
-    max_length: int = field(default=512, metadata={"help": "sub-word cap per sentence"})
+    max_length: int = field(default=512, metadata={
+        "help": "sub-words per forward; a longer sentence is labeled in overlapping windows "
+                "(their count is stored in pseudo_labels.n_windows), never cut"})
     max_words: int = field(default=2048, metadata={"help": "longer sentences are rejected"})
     num_actors: Optional[int] = field(default=None, metadata={"help": "teacher actors"})
     threads: Optional[int] = field(default=None,
@@ -176,6 +178,7 @@ def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> "engine.Plan":
     res = _teacher_resources(cfg) if not cfg.local else dict(
         concurrency=1, min_actors=1, num_cpus=1, num_gpus=0, threads=cfg.threads)
     teacher = dict(weights=cfg.weights, student=cfg.student, batch_size=cfg.batch_size,
+                   max_length=cfg.max_length,
                    threads=res["threads"], teacher_id=_teacher_id(cfg), combine=cfg.combine,
                    lang_scorers=cfg.lang_scorers)
     stages = [
@@ -212,10 +215,6 @@ def check_same_tokenizer(models: list[str]) -> None:
         if load_tokenizer(m).backend_tokenizer.to_str() != first:
             raise ValueError(f"teachers {models[0]} and {m} use different tokenizers; an "
                              "ensemble needs one (label with each separately instead)")
-
-
-def _teacher_id(cfg: LabelConfig) -> str:
-    return "+".join(str(t) for t in cfg.teachers) + f"@round{cfg.round}"
 
 
 def _teacher_id(cfg: LabelConfig) -> str:
@@ -283,6 +282,8 @@ def label(cfg: LabelConfig, *, own_run: bool = True) -> dict:
             summary = {l: r.counts for l, r in rounds.items()}
         if summary:
             store.update_run(cfg.run_id, round=cfg.round, metrics=summary)
+        if own_run:  # a round committed just before a kill: its counts, on the resume
+            store.backfill_metrics(cfg.run_id, "counts")
     except BaseException:
         if own_run:
             store.update_run(cfg.run_id, status="failed")
@@ -322,28 +323,35 @@ def label_rounds(cfg: LabelConfig, store) -> Iterator[dict]:
     meta = {"teachers": cfg.teachers, "weights": cfg.weights, "selector": selector.id,
             "combine": cfg.combine, "lang_scorers": cfg.lang_scorers}
     started, t0 = utcnow(), time.time()
-    prefixes = {l: store.attempt_prefix(cfg.run_id, l, cfg.round) for l in todo}
-    rounds = {l: LabeledRound(cfg.run_id, l, cfg.round, prefixes[l], labels, dict(meta),
-                              started) for l in todo}
-    sink = RoundSink(store.uri, prefixes, LABEL_TABLES, labels=labels)
-    records = engine.run(build_plan(cfg, inputs, sink, RejectFiles(store.uri, prefixes)),
-                         local=cfg.local)
-    for rec in records:
-        rounds[rec["lang"]].add(rec)
-    for r in rounds.values():
-        _add_rejects(store, r)
-        if not r.rows.get("pseudo_labels") and not cfg.allow_empty:
-            paths = sorted({p for p, spec in inputs if spec.lang == r.lang})
-            raise ValueError(f"no usable sentence for {r.lang} in {', '.join(paths)} "
-                             f"(rejects: {r.rejects_by_reason or 'none'}); nothing committed "
-                             "(allow_empty: true commits an empty round)")
-        if selector.scope == "set":
-            _decide_set(cfg, store, r, make_selector(cfg.selector))  # one per language
-        r.counts["seconds"] = round(time.time() - t0, 1)
-        logger.info("%s round %d: %d sentences, %d entities, %d selected, %d rejects",
-                    r.lang, cfg.round, r.counts["sentences"], r.counts["entities"],
-                    r.counts["selected"], r.counts["rejects"])
-    yield rounds
+    prefixes: dict = {}
+    try:  # every language's lease and attempt are given back when anything fails
+        for l in todo:
+            prefixes[l] = store.attempt_prefix(cfg.run_id, l, cfg.round)
+        rounds = {l: LabeledRound(cfg.run_id, l, cfg.round, prefixes[l], labels, dict(meta),
+                                  started) for l in todo}
+        sink = RoundSink(store.uri, prefixes, LABEL_TABLES, labels=labels)
+        records = engine.run(build_plan(cfg, inputs, sink, RejectFiles(store.uri, prefixes)),
+                             local=cfg.local)
+        for rec in records:
+            rounds[rec["lang"]].add(rec)
+        for r in rounds.values():
+            _add_rejects(store, r)
+            if not r.rows.get("pseudo_labels") and not cfg.allow_empty:
+                paths = sorted({p for p, spec in inputs if spec.lang == r.lang})
+                raise ValueError(f"no usable sentence for {r.lang} in {', '.join(paths)} "
+                                 f"(rejects: {r.rejects_by_reason or 'none'}); nothing committed "
+                                 "(allow_empty: true commits an empty round)")
+            if selector.scope == "set":
+                _decide_set(cfg, store, r, make_selector(cfg.selector))  # one per language
+            r.counts["seconds"] = round(time.time() - t0, 1)
+            logger.info("%s round %d: %d sentences, %d entities, %d selected, %d rejects",
+                        r.lang, cfg.round, r.counts["sentences"], r.counts["entities"],
+                        r.counts["selected"], r.counts["rejects"])
+        yield rounds
+    except BaseException:
+        for l in prefixes:
+            store.abort_round(cfg.run_id, l, cfg.round)
+        raise
     for r in rounds.values():
         r.commit(store)
 

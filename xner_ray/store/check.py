@@ -33,7 +33,9 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pyarrow.fs as pafs
@@ -240,12 +242,38 @@ def clean(store: Store, problems: Sequence[Problem]) -> list[Problem]:
     return done
 
 
+STORE_ENTRIES = ("_manifests", "runs", "_tmp", *S.ROUND_TABLES)
+
+
+def check_store_path(root) -> None:
+    """A local store path must exist (a mistyped one must not read as an empty store), and a
+    folder with other things in it must look like a store. URIs (``s3://...``) are not
+    checked here: the store reads them as they are."""
+    from xner_ray.config import ConfigError
+
+    text = os.fspath(root)
+    if "://" in text and not text.startswith("file://"):
+        return
+    path = Path(text[len("file://"):] if text.startswith("file://") else text)
+    if not path.exists():
+        hint = next((f"; did you mean {c}?" for c in (path.parent / "store",) if c.is_dir()
+                     and c != path), "")
+        raise ConfigError(f"store {text} does not exist{hint}")
+    if not path.is_dir():
+        raise ConfigError(f"store {text} is not a folder")
+    names = {p.name for p in path.iterdir()}
+    if names and not names & set(STORE_ENTRIES):
+        inner = path / "store"
+        hint = f"; did you mean {inner}?" if inner.is_dir() else ""
+        raise ConfigError(f"{text} is not a store (none of {', '.join(STORE_ENTRIES[:3])}, "
+                          f"sentences/ ... in it){hint}")
+
+
+
 # -- command line ---------------------------------------------------------------------------------
 def cmd_store_check(args: argparse.Namespace) -> int:
     """Handler of ``xner store check``: exit 0 when no error remains, 1 otherwise."""
-    from xner_ray.sqlshell import check_store as check_path
-
-    check_path(args.store)
+    check_store_path(args.store)
     store = Store(args.store)
     problems = check_store(store, stale_run_s=args.stale_after)
     out = sys.stdout

@@ -108,6 +108,8 @@ RUNS = pa.schema([
     _f("ended_at", pa.timestamp("us", tz=TZ), "end time (UTC), null while running", True),
     _f("status", pa.string(), f"one of {RUN_STATUSES}"),
     _f("metrics", pa.string(), "JSON object {round: {metric: value}}"),
+    _f("heartbeat_at", pa.timestamp("us", tz=TZ), "last sign of life of the run's driver (UTC); "
+       "a run still 'running' with an old heartbeat was killed", True),
 ])
 
 PROJECTIONS = pa.schema([

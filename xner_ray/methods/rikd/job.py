@@ -88,7 +88,10 @@ def _run_language(cfg: RikdConfig, store, target: TargetSpec, teacher: str, dev)
                 raise RuntimeError(f"round {k} of {cfg.run_id}/{target.lang} is committed but its "
                                    f"student {student} is missing; restore it or use a new run id")
             logger.info("%s round %d: complete, resumed from it", target.lang, k)
-            summaries.append(json.loads((student / "round_summary.json").read_text()))
+            summary = json.loads((student / "round_summary.json").read_text())
+            # a kill between the commit and update_run lost the round's metrics: write them
+            store.update_run(cfg.run_id, round=k, metrics={target.lang: summary})
+            summaries.append(summary)
         else:
             summaries.append(_run_round(cfg, store, target, teacher, k, dev))
         teacher = str(student)
