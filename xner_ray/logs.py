@@ -303,4 +303,11 @@ def quiet_ray_data() -> None:
     ctx = DataContext.get_current()
     ctx.print_on_execution_start = False
     ctx.enable_progress_bars = False
+    # Ray Data's high-memory detector repeats a 12-line advice to set `memory=` on an actor
+    # pool every 30 s of a labeling run (66 of the RIKD demo's first 150 lines); a user of the
+    # pipeline cannot act on it -- the pipeline's resource requests are where it belongs.
+    detectors = getattr(ctx, "issue_detectors_config", None)
+    high_memory = getattr(detectors, "high_memory_detector_config", None)
+    if high_memory is not None:
+        high_memory.detection_time_interval_s = -1
     filter_ray_messages()
