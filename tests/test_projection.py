@@ -308,7 +308,7 @@ def test_read_bundled_bible_with_links():
     assert {"src_start": 2, "src_end": 3, "tgt_start": 0, "tgt_end": 3} in row["links"]
 
 
-def test_links_with_a_wrong_id_reject_the_pair(tmp_path, ray_free_collector):
+def test_links_with_a_wrong_id_reject_the_pair(tmp_path):
     from xner_ray.io import ParallelLengthError
     from xner_ray.methods.projection.corpus import ParallelSpec, check_corpus, read_corpus
 
@@ -320,40 +320,20 @@ def test_links_with_a_wrong_id_reject_the_pair(tmp_path, ray_free_collector):
                      + "\n" + json.dumps({"id": "Gen 9", "links": []}) + "\n")
     spec = ParallelSpec(lang="es", path=str(tmp_path / "c"), links=str(links))
     check_corpus(spec)
+    calls = []
     tables = list(read_corpus(spec, max_words=50, rows_per_block=10, with_links=True,
-                              collector=ray_free_collector))
+                              rejects=lambda *args: calls.append(args)))
     assert sum(t.num_rows for t in tables) == 1
     assert tables[0].column("links").to_pylist() == [[{"src_start": 2, "src_end": 3,
                                                        "tgt_start": 3, "tgt_end": 4}]]
-    (lang, rejects, counts), = ray_free_collector.calls
-    assert lang == "es" and counts == {"misaligned_pair": 1}
-    assert "'Gen 9' but the pair is 'Gen 2'" in rejects[0].detail
+    (lang, path, sink), = calls
+    assert (lang, path) == ("es", spec.path) and dict(sink.counts) == {"misaligned_pair": 1}
+    assert "'Gen 9' but the pair is 'Gen 2'" in sink.rejects[0].detail
+    with pytest.raises(RuntimeError, match="nowhere to write rejects"):
+        list(read_corpus(spec, max_words=50, rows_per_block=10, with_links=True))
     links.write_text("{}\n")
     with pytest.raises(ParallelLengthError, match="1 lines but the corpus"):
         check_corpus(spec)
-
-
-class _Collector:
-    """Stands in for the reject-collector actor handle (``collector.add.remote(...)``)."""
-
-    def __init__(self):
-        self.calls = []
-        outer = self
-
-        class _Add:
-            @staticmethod
-            def remote(*args):
-                outer.calls.append(args)
-
-        self.add = _Add()
-
-
-@pytest.fixture
-def ray_free_collector(monkeypatch):
-    import ray
-
-    monkeypatch.setattr(ray, "get", lambda x: x)
-    return _Collector()
 
 
 def test_corpus_spec_validation():
@@ -453,10 +433,12 @@ def test_project_config_validation():
         _job(target={"epoch": 1})
 
 
-def test_export_projected_keeps_ok_rows_and_caps_entity_less(tmp_path):
+def test_training_set_keeps_ok_rows_and_caps_entity_less(tmp_path):
+    """The target model's training rows, as the read tasks see them (``local``: the same keys,
+    counted and cut in this process instead of by Ray Data)."""
     import pyarrow.parquet as pq
 
-    from xner_ray.methods.projection.job import export_projected
+    from xner_ray.methods.projection.job import plan_training_set, read_projected
     from xner_ray.store.schema import TABLES
 
     def row(pid, status, n_spans):
@@ -470,13 +452,100 @@ def test_export_projected_keeps_ok_rows_and_caps_entity_less(tmp_path):
     rows = ([row(f"e{i}", "ok", 1) for i in range(3)] + [row(f"z{i}", "ok", 0) for i in range(5)]
             + [row("d1", "unmapped", 0), row("d2", "overlap", 1)])
     schema = TABLES["projections"].file_schema
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "p.parquet")
-    dest = tmp_path / "train.parquet"
-    counts = export_projected([str(tmp_path / "p.parquet")], dest, 0.5)
-    assert counts == {"with_entities": 3, "empty": 3, "empty_dropped": 2}
-    got = pq.read_table(dest).to_pylist()
+    files = [str(tmp_path / "p1.parquet"), str(tmp_path / "p2.parquet")]  # split over 2 files
+    pq.write_table(pa.Table.from_pylist(rows[::2], schema=schema), files[0])
+    pq.write_table(pa.Table.from_pylist(rows[1::2], schema=schema), files[1])
+
+    def read(plan):
+        return [r for f in files for t in read_projected(f, max_empty_key=plan["max_empty_key"])
+                for r in t.to_pylist()]
+
+    plan = plan_training_set(files, 0.5, local=True)
+    assert {k: plan[k] for k in ("with_entities", "empty", "empty_dropped")} == {
+        "with_entities": 3, "empty": 3, "empty_dropped": 2}
+    got = read(plan)
     assert len(got) == 6 and sum(r["tags"][0] == "B-PER" for r in got) == 3
-    assert export_projected([str(tmp_path / "p.parquet")], dest, None)["empty"] == 5
+    assert set(got[0]) == {"tokens", "tags"} and got[0]["tokens"] == ["x", "y"]
+    assert read(plan) == got  # a deterministic pick
+    everything = plan_training_set(files, None, local=True)
+    assert everything["empty"] == 5 and len(read(everything)) == 8
+    none = plan_training_set(files, 0.0, local=True)
+    assert none["empty"] == 0 and len(read(none)) == 3
     pq.write_table(pa.Table.from_pylist(rows[-2:], schema=schema), tmp_path / "none.parquet")
     with pytest.raises(ValueError, match="no kept pair has a projected entity"):
-        export_projected([str(tmp_path / "none.parquet")], dest, None)
+        plan_training_set([str(tmp_path / "none.parquet")], None, local=True)
+    with pytest.raises(ValueError, match="has no rows"):
+        plan_training_set([], None, local=True)
+
+
+# -- the projection plan, in process (the engine's in-process runner) --------------------------
+
+def test_project_in_process_commits_rounds_with_counts_and_rejects(tiny_teacher_dir,
+                                                                   tiny_model_dir, tmp_path):
+    """``project`` on the engine's in-process runner: workers' files committed per language,
+    counts and rejects from the records and footers, a rerun skips the committed rounds."""
+    import pyarrow.parquet as pq
+
+    from xner_ray.methods.projection.pipeline import ProjectionConfig, project
+    from xner_ray.store import Store
+    from xner_ray.store.schema import PROJECTION_STATUSES
+
+    es = tmp_path / "a.en-es.tsv"
+    es.write_text("John lives in Berlin\tJuan vive en Berlín\nHello\tHola\n"
+                  "\tvacío\nGood night\tBuenas noches\n")  # line 3: empty source side
+    de = tmp_path / "b.en-de.tsv"
+    de.write_text("Hello world\tHallo Welt\n")
+    store = Store(tmp_path / "store")
+    cfg = ProjectionConfig(
+        corpora=[{"lang": "es", "path": str(es), "fmt": "tsv"},
+                 {"lang": "de", "path": str(de), "fmt": "tsv"}],
+        teacher=str(tiny_teacher_dir), store=str(store.root), run_id="pl", block_rows=2,
+        aligner={"kind": "similarity", "model": str(tiny_model_dir), "layer": 2}, local=True)
+    counts = project(cfg, store)
+    assert set(counts) == {"es", "de"}
+    assert counts["es"]["pairs"] == 3 and counts["de"]["pairs"] == 1
+    assert sum(counts["es"]["status"].values()) == 3
+    assert set(counts["es"]["status"]) <= set(PROJECTION_STATUSES)
+    assert counts["es"]["rejects"] == 1 and counts["de"]["rejects"] == 0
+    m = store.manifest("pl", "es", 0)
+    assert m["tables"]["projections"]["rows"] == 3 and m["tables"]["rejects"]["rows"] == 1
+    assert sum(m["rejects_by_reason"].values()) == 1 == sum(m["meta"]["rejects_seen"].values())
+    assert m["meta"]["counts"] == counts["es"] and m["meta"]["corpus"]["lang"] == "es"
+    assert m["labels"] is None and m["meta"]["aligner"]["kind"] == "similarity"
+    rows = pa.concat_tables([pq.read_table(store.path(f))
+                             for f in m["tables"]["projections"]["files"]]).to_pylist()
+    assert sorted(r["tgt_tokens"][0] for r in rows) == ["Buenas", "Hola", "Juan"]
+    assert sum(len(r["src_entities"]) for r in rows) == counts["es"]["src_entities"]
+    assert not store.manifest("pl", "de", 0)["rejects_by_reason"]
+    again = project(cfg, store)  # complete rounds: skipped, their counts returned
+    assert again == counts
+
+
+# -- alignment example parts -------------------------------------------------------------------
+
+def test_example_sink_parts_and_pair_level_split(tmp_path):
+    from xner_ray.methods.projection.model import _dev_pair, read_example_part
+    from xner_ray.methods.projection.pipeline import ExampleSink, example_parts
+    from xner_ray.methods.projection.stages import EXAMPLE_COLUMNS
+
+    rows = [{"pair_id": f"p{i % 20}", "lang": "es", "query": ["q"], "tokens": ["a", "b"],
+             "tags": ["O", "B-ALN"], "source": "identical" if i % 3 else "gold_links",
+             "kind": "name", "negative": i % 4 == 0} for i in range(60)]
+    table = pa.Table.from_pylist(rows, schema=EXAMPLE_COLUMNS)
+    sink = ExampleSink(str(tmp_path / "ex"))
+    (rec,) = sink.write([table.slice(0, 30), table.slice(30)])
+    assert rec["rows"] == 60 and sum(rec["counts"].values()) == 60
+    assert rec["counts"]["negative:gold_links:name"] == sum(
+        r["negative"] and r["source"] == "gold_links" for r in rows)
+    assert sink.write([table.slice(0, 0)]) == []
+    with pytest.raises(ValueError, match="no parts.json"):
+        example_parts(tmp_path / "ex")
+    fs, parts = example_parts([rec["path"]])
+    dev = [r for p in parts for t in read_example_part(p, filesystem=fs, dev_share=0.3, dev=True)
+           for r in t.to_pylist()]
+    train = [r for p in parts for t in read_example_part(p, filesystem=fs, dev_share=0.3)
+             for r in t.to_pylist()]
+    assert len(dev) + len(train) == 60 and dev and train
+    assert set(train[0]) == {"query", "tokens", "tags"}
+    n_dev_pairs = sum(_dev_pair(f"p{i}", 0.3) for i in range(20))
+    assert len(dev) == 3 * n_dev_pairs  # every example of a pair on one side

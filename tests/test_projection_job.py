@@ -149,7 +149,11 @@ def test_project_job_model_aligner_two_languages_and_resume(ray_cluster, gazette
     es = results["languages"]["es"]
     assert es["projection"]["pairs"] == 40 and es["direct_transfer"]["n_sentences"] == 300
     assert "target_dev" not in es and not (tmp_path / "out" / "es" / "model.safetensors").exists()
-    assert (tmp_path / "out" / "aligner" / "examples.parquet").exists()
+    examples = tmp_path / "out" / "aligner" / "examples"  # parts written by the write tasks
+    parts = json.loads((examples / "parts.json").read_text())["parts"]
+    assert parts and all((examples / p).exists() for p in parts)
+    assert sorted(p.name for p in examples.glob("part-*.parquet")) == sorted(parts)
+    assert info["examples"] == str(examples)
 
     capsys.readouterr()
     assert _project_main(["--config", config]) == 0  # rerun: everything reused
@@ -202,6 +206,8 @@ def test_bad_project_config_fails_before_any_work(tmp_path, capsys):
 def test_demo_config_resolves(capsys):
     assert _project_main(["--config", str(REPO / "configs" / "project_demo.yaml"),
                           "--dry-run"]) == 0
-    resolved = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    resolved, end = json.JSONDecoder().raw_decode(out)  # the resolved config, then the path check
+    assert "path check: ok" in out[end:]
     assert resolved["aligner"] == "model" and resolved["gamma"] == 4.0
     assert resolved["corpora"][0]["lang"] == "es"

@@ -4,13 +4,13 @@ Each task runs the same reader the rest of the project uses (so every layout and
 reason behaves the same) and yields Arrow blocks of ``rows_per_block`` sentences: memory stays
 bounded by the block size, not by the file. The task writes its file's rejects itself
 (``store.sink.RejectFiles``) -- nothing is silently dropped, and no reject passes through the
-driver. ``RejectCollector`` remains for the projection pipeline's parallel reader.
+driver. The projection's corpus reader (``methods/projection/corpus.py``) does the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -32,25 +32,6 @@ class InputSpec:
     lang: str
     fmt: str = "auto"
     gold: bool = False
-
-
-class RejectCollector:
-    """Zero-CPU actor that gathers rejects from read tasks (bounded list, exact counts)."""
-
-    def __init__(self, keep: int = 100_000):
-        self.sinks: dict[str, RejectSink] = {}
-        self.keep = keep
-
-    def add(self, lang: str, rejects: list, counts: dict) -> None:
-        sink = self.sinks.setdefault(lang, RejectSink(keep=self.keep))
-        for r in rejects:
-            if len(sink.rejects) < sink.keep:
-                sink.rejects.append(r)
-        sink.counts.update(counts)
-
-    def drain(self) -> dict[str, RejectSink]:
-        out, self.sinks = self.sinks, {}
-        return out
 
 
 def _rows(sents: list[Sentence], gold: bool) -> pa.Table:

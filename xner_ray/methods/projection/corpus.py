@@ -1,11 +1,13 @@
 """Parallel corpora as projection inputs: the spec of one corpus, its pairs as Arrow rows, gold
-word links, and a Ray Data datasource (one read task per corpus).
+word links, and the read function of the projection's engine plans (one read task per corpus).
 
 Rows carry both sides' words, the target language (the store partition) and, when the corpus
 has a links file (the Bible's ``links.jsonl``: Strong's-number word links as character spans
 ``src``/``tgt``, one JSON object per line of the corpus), the links as word spans. Read rejects
 (invalid UTF-8, empty or over-long sides, a links line whose id is not the pair's) go to a
-reject collector, counted per target language -- nothing is dropped silently.
+``rejects`` callable -- a ``store.sink.RejectFiles``, which writes them from the read task into
+the target language's attempt prefix -- so nothing is dropped silently and no reject passes
+through the driver. The module imports no Ray.
 """
 
 from __future__ import annotations
@@ -179,9 +181,10 @@ def pair_row(pair, spec: ParallelSpec, links: Optional[list[dict]]) -> dict:
 
 
 def read_corpus(spec: ParallelSpec, *, max_words: int, rows_per_block: int, with_links: bool,
-                collector=None) -> Iterator[pa.Table]:
-    """Stream one corpus as Arrow blocks of :data:`PAIR_COLUMNS`; report rejects to
-    ``collector`` (an actor handle) keyed by the target language."""
+                rejects=None) -> Iterator[pa.Table]:
+    """Stream one corpus as Arrow blocks of :data:`PAIR_COLUMNS` (an engine plan's ``read``).
+    Its rejects go to ``rejects(lang, path, sink)`` (e.g. a ``store.sink.RejectFiles``) once
+    the corpus is read, keyed by the target language."""
     sink = RejectSink()
     links_iter = _links_by_line(spec.links) if with_links and spec.links else None
     rows = []
@@ -198,36 +201,6 @@ def read_corpus(spec: ParallelSpec, *, max_words: int, rows_per_block: int, with
     if rows:
         yield pa.Table.from_pylist(rows, schema=PAIR_COLUMNS)
     if sink.total:
-        if collector is None:
-            raise RuntimeError(f"{spec.path}: {sink.summary()} but no reject collector")
-        import ray
-
-        ray.get(collector.add.remote(spec.lang, sink.rejects, dict(sink.counts)))
-
-
-def make_datasource(corpora: Sequence[ParallelSpec], *, collector, max_words: int,
-                    rows_per_block: int, with_links: bool = False):
-    """A Ray Data datasource with one read task per corpus (imported lazily: Ray-free module)."""
-    from ray.data import Datasource, ReadTask
-    from ray.data.block import BlockMetadata
-
-    for spec in corpora:
-        check_corpus(spec)
-
-    class PairSource(Datasource):
-        def estimate_inmemory_data_size(self) -> Optional[int]:
-            return None
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-            tasks = []
-            for spec in corpora:
-                meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
-                                     input_files=(spec.path,))
-                tasks.append(ReadTask(
-                    lambda spec=spec: read_corpus(spec, max_words=max_words,
-                                                  rows_per_block=rows_per_block,
-                                                  with_links=with_links, collector=collector),
-                    meta, schema=PAIR_COLUMNS, per_task_row_limit=per_task_row_limit))
-            return tasks
-
-    return PairSource()
+        if rejects is None:
+            raise RuntimeError(f"{spec.path}: {sink.summary()} but nowhere to write rejects")
+        rejects(spec.lang, spec.path, sink)

@@ -19,10 +19,15 @@ with its summary written is reused.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
 
 from xner_ray.methods.common import ensure_teacher, run_recorded, write_json
 from xner_ray.methods.projection.corpus import parse_corpora
@@ -187,7 +192,7 @@ def _train_aligner(cfg: ProjectConfig) -> tuple[str, dict]:
     if summary.exists() and (out / "train_summary.json").exists():
         print(f"[project] alignment model {out}: trained already, reused", flush=True)
         return str(out), json.loads(summary.read_text())
-    examples = out / "examples.parquet"
+    examples = out / "examples"
     knobs = {k: v for k, v in cfg.projection.items() if k in ("block_rows", "max_words",
                                                               "batch_size", "max_length",
                                                               "num_actors", "threads",
@@ -204,32 +209,102 @@ def _train_aligner(cfg: ProjectConfig) -> tuple[str, dict]:
     return str(out), info
 
 
-def export_projected(files: list[str], dest: Path, max_empty_share: Optional[float]) -> dict:
-    """The kept projections (status ok) as (tokens, tags) rows in ``dest``; entity-less pairs
-    capped at ``max_empty_share`` of the rows (a deterministic pick by pair id)."""
-    import duckdb
+def _pair_hash(pair_ids: list) -> np.ndarray:
+    """A deterministic 63-bit hash per pair id (the order of the entity-less pick)."""
+    return np.array([int.from_bytes(hashlib.blake2b(str(p).encode(), digest_size=8).digest(),
+                                    "big") >> 1 for p in pair_ids], dtype=np.int64)
 
-    if not files:
+
+_ENTITY_KEY = np.iinfo(np.int64).max  # pairs with an entity sort after every entity-less one
+
+
+def read_projection_keys(uri: str) -> Iterator[pa.Table]:
+    """One read task: per kept pair (status ok) of a ``projections`` file, ``entity`` (1 if it
+    has a projected entity) and ``h``: the pair-id hash of an entity-less pair, the int64
+    maximum for the others."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from xner_ray.store.sink import split_uri
+
+    fs, path = split_uri(uri)
+    t = pq.read_table(path, filesystem=fs, columns=["pair_id", "status", "tgt_spans"])
+    t = t.filter(pc.equal(t.column("status"), "ok"))
+    entity = pc.greater(pc.list_value_length(t.column("tgt_spans")), 0).to_numpy(
+        zero_copy_only=False)
+    h = np.where(entity, _ENTITY_KEY, _pair_hash(t.column("pair_id").to_pylist()))
+    yield pa.table({"entity": entity.astype(np.int64), "h": h.astype(np.int64)})
+
+
+def read_projected(uri: str, *, max_empty_key: Optional[int]) -> Iterator[pa.Table]:
+    """One read task: the training rows (``tokens``, ``tags``) of a ``projections`` file --
+    its kept pairs with an entity, and its kept entity-less pairs whose hash is at most
+    ``max_empty_key`` (None: all of them)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from xner_ray.store.sink import split_uri
+
+    fs, path = split_uri(uri)
+    t = pq.read_table(path, filesystem=fs,
+                      columns=["pair_id", "status", "tgt_spans", "tgt_tokens", "tgt_tags"])
+    t = t.filter(pc.equal(t.column("status"), "ok"))
+    if max_empty_key is not None:
+        entity = pc.greater(pc.list_value_length(t.column("tgt_spans")), 0).to_numpy(
+            zero_copy_only=False)
+        keep = entity | (_pair_hash(t.column("pair_id").to_pylist()) <= max_empty_key)
+        t = t.filter(pa.array(keep))
+    yield pa.table({"tokens": t.column("tgt_tokens"), "tags": t.column("tgt_tags")})
+
+
+def plan_training_set(uris: list[str], max_empty_share: Optional[float], *,
+                      local: bool = False) -> dict:
+    """How many kept projections the target model trains on: ``with_entities`` (every kept
+    pair with a projected entity), ``empty`` (entity-less pairs, capped at ``max_empty_share``
+    of the rows: those with the smallest pair-id hashes, a deterministic pick), and
+    ``empty_dropped``; ``max_empty_key`` is the hash cut-off :func:`read_projected` applies.
+
+    Ray: the keys (two int64 per kept pair) are read by tasks, counted and, when the cap cuts,
+    sorted by Ray Data; only the cut-off comes back. ``local``: the same in this process."""
+    if not uris:
         raise ValueError("the projection round has no rows")
-    con = duckdb.connect()
-    con.execute("CREATE TEMP TABLE kept AS SELECT pair_id, tgt_tokens AS tokens, tgt_tags AS "
-                "tags, len(tgt_spans) > 0 AS has_entity FROM read_parquet(?) WHERE status = 'ok'",
-                [files])
-    n_ent, n_empty = con.execute("SELECT count(*) FILTER (has_entity), "
-                                 "count(*) FILTER (NOT has_entity) FROM kept").fetchone()
-    keep_empty = n_empty
-    if max_empty_share is not None:
-        keep_empty = min(n_empty, int(n_ent * max_empty_share / (1.0 - max_empty_share)))
-    con.execute(f"""COPY (SELECT tokens, tags FROM kept WHERE has_entity
-                          UNION ALL
-                          (SELECT tokens, tags FROM kept WHERE NOT has_entity
-                           ORDER BY hash(pair_id) LIMIT {int(keep_empty)}))
-                    TO '{dest}' (FORMAT parquet)""")
+    if local:
+        keys = pa.concat_tables([t for u in uris for t in read_projection_keys(u)])
+        n_ok, n_ent = keys.num_rows, int(np.sum(keys.column("entity").to_numpy()))
+    else:
+        from xner_ray import engine
+
+        keys = engine.dataset(list(uris), read_projection_keys).materialize()
+        n_ok, n_ent = keys.count(), int(keys.sum("entity") or 0)
+    n_empty = n_ok - n_ent
     if n_ent == 0:
         raise ValueError(f"no kept pair has a projected entity ({n_empty} entity-less pairs "
                          "kept): nothing to train a tagger on (see sql/projection_status.sql "
                          "for why pairs were dropped)")
-    return {"with_entities": n_ent, "empty": keep_empty, "empty_dropped": n_empty - keep_empty}
+    keep_empty = n_empty
+    if max_empty_share is not None:
+        keep_empty = min(n_empty, int(n_ent * max_empty_share / (1.0 - max_empty_share)))
+    cutoff = None
+    if keep_empty == 0:
+        cutoff = -1
+    elif keep_empty < n_empty:
+        if local:
+            cutoff = int(np.sort(keys.column("h").to_numpy())[keep_empty - 1])
+        else:
+            cutoff = int(keys.sort("h").limit(keep_empty).max("h"))
+    return {"with_entities": n_ent, "empty": keep_empty, "empty_dropped": n_empty - keep_empty,
+            "max_empty_key": cutoff}
+
+
+def projected_training_set(uris: list[str], max_empty_share: Optional[float]):
+    """(Ray dataset of (tokens, tags), counts) of the kept projections in ``uris`` (the
+    round's committed ``projections`` files, paths or URIs): read by Ray Data tasks straight
+    from the store, never exported to the driver's disk."""
+    from xner_ray import engine
+
+    plan = plan_training_set(uris, max_empty_share)
+    ds = engine.dataset(list(uris), partial(read_projected, max_empty_key=plan["max_empty_key"]))
+    return ds, {k: plan[k] for k in ("with_entities", "empty", "empty_dropped")}
 
 
 def _target(cfg: ProjectConfig, store, corpus, teacher: str, counts: Optional[dict]) -> dict:
@@ -255,27 +330,19 @@ def train_target(cfg: ProjectConfig, store, corpus, teacher: str, out: Path) -> 
     ``cfg.run_id``) with the re-weighted loss (``cfg.gamma``) and the lower
     ``cfg.freeze_layers`` layers frozen (Sec. 4.3), selected on the source dev set; returns
     its summary with the target dev scores (report only)."""
-    import ray
-
     from xner_ray.models.classifier import model_labels
     from xner_ray.methods.projection.steps import ReverseFocalStep
     from xner_ray.train.loop import fit, read_labeled
 
     manifest = store.manifest(cfg.run_id, corpus.lang, 0)
-    files = [f"{store.root}/{f}" for f in manifest["tables"]["projections"]["files"]]
-    out.mkdir(parents=True, exist_ok=True)
-    data = out / "train_set.parquet"
-    kept = export_projected(files, data, cfg.max_empty_share)
+    uris = [store.to_uri(store.path(f)) for f in manifest["tables"]["projections"]["files"]]
+    dataset, kept = projected_training_set(uris, cfg.max_empty_share)
     dev, _ = read_labeled(cfg.source_dev, "source dev")
     train_cfg = target_config(cfg, out, teacher)
-    try:
-        fit(train_cfg, step=ReverseFocalStep, labels=model_labels(teacher),
-            n_train=kept["with_entities"] + kept["empty"],
-            dataset=ray.data.read_parquet(str(data), num_cpus=0.25),
-            dev=dev, name=f"{cfg.run_id}-{corpus.lang}", step_args={"gamma": cfg.gamma},
-            extra_summary={"gamma": cfg.gamma, "projections": kept})
-    finally:
-        data.unlink(missing_ok=True)
+    fit(train_cfg, step=ReverseFocalStep, labels=model_labels(teacher),
+        n_train=kept["with_entities"] + kept["empty"], dataset=dataset,
+        dev=dev, name=f"{cfg.run_id}-{corpus.lang}", step_args={"gamma": cfg.gamma},
+        extra_summary={"gamma": cfg.gamma, "projections": kept})
     best = json.loads((out / "train_summary.json").read_text())["best"]
     return {"model": str(out), "train_pairs": kept, "gamma": cfg.gamma,
             "freeze_layers": cfg.freeze_layers, "source_dev_f1": best["dev_f1"],

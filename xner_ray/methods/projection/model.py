@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -142,38 +142,49 @@ def _dev_pair(pair_id: str, share: float) -> bool:
     return (h % 10_000) < share * 10_000
 
 
-def train_aligner(cfg, examples: Path, *, dev_share: float = 0.1, max_dev: int = 500,
-                  name: str = "aligner") -> Path:
-    """Fine-tune ``cfg.model`` (a ``TrainConfig``) on the examples in ``examples`` (Parquet of
-    ``stages.EXAMPLE_COLUMNS``) with Ray Train; the pairs hashed into ``dev_share`` are held out
-    and the best epoch by dev span F1 is kept in ``cfg.out``. Needs a connected Ray cluster."""
-    import pyarrow.compute as pc
+def read_example_part(path: str, *, filesystem=None, dev_share: float = 0.1, dev: bool = False,
+                      columns=("query", "tokens", "tags")) -> Iterator[pa.Table]:
+    """One read task: the training (``dev=False``) or held-out (``dev=True``) rows of one
+    Parquet part of alignment examples -- the pairs hashed into ``dev_share`` are held out, so
+    every example of a pair lands on the same side."""
     import pyarrow.parquet as pq
-    import ray
 
+    table = pq.read_table(path, filesystem=filesystem, columns=["pair_id", *columns])
+    is_dev = np.array([_dev_pair(p, dev_share) for p in table.column("pair_id").to_pylist()],
+                      dtype=bool)
+    yield table.filter(pa.array(is_dev if dev else ~is_dev)).select(list(columns))
+
+
+def train_aligner(cfg, examples, *, dev_share: float = 0.1, max_dev: int = 500,
+                  name: str = "aligner") -> Path:
+    """Fine-tune ``cfg.model`` (a ``TrainConfig``) on alignment examples with Ray Train.
+    ``examples``: the folder (local path or URI) :func:`pipeline.build_example_file` wrote, or
+    a list of its Parquet parts (``stages.EXAMPLE_COLUMNS``); Ray Data tasks read them, so the
+    parts may live on any storage every node sees. The pairs hashed into ``dev_share`` are
+    held out (at most ``max_dev`` rows reach the driver, as the dev set) and the best epoch by
+    dev span F1 is kept in ``cfg.out``. Needs a connected Ray cluster."""
+    from functools import partial
+
+    from xner_ray import engine
+    from xner_ray.methods.projection.pipeline import example_parts
+    from xner_ray.methods.projection.steps import AlignStep
     from xner_ray.records import Sentence
+    from xner_ray.store.sink import file_stats
     from xner_ray.train.loop import fit
 
-    table = pq.read_table(examples)
-    is_dev = pa.array([_dev_pair(p, dev_share) for p in table.column("pair_id").to_pylist()])
-    train, dev = table.filter(pc.invert(is_dev)), table.filter(is_dev)
-    if not train.num_rows or not dev.num_rows:
-        raise ValueError(f"{examples}: {train.num_rows} training and {dev.num_rows} dev examples "
-                         f"after the pair-level split (dev_share={dev_share}); need both")
-    dev = dev.slice(0, min(max_dev, cfg.dev_limit or max_dev))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train_path = out / "train_examples.parquet"
-    pq.write_table(train.select(["query", "tokens", "tags"]), train_path)
-    dev_rows = dev.to_pylist()
-    try:
-        from xner_ray.methods.projection.steps import AlignStep
-
-        return fit(cfg, step=AlignStep, labels=ALIGN_LABELS,
-                   dataset=ray.data.read_parquet(str(train_path), num_cpus=0.25),
-                   n_train=train.num_rows, name=name,
-                   dev=[Sentence(tokens=r["tokens"], tags=r["tags"]) for r in dev_rows],
-                   step_args={"dev_queries": [r["query"] for r in dev_rows]},
-                   extra_summary={"examples": str(examples)})
-    finally:
-        train_path.unlink(missing_ok=True)
+    fs, parts = example_parts(examples)
+    n_rows = sum(file_stats(fs, p)["rows"] for p in parts)  # footers only
+    read = partial(read_example_part, filesystem=fs, dev_share=dev_share)
+    held_out = engine.dataset(parts, partial(read, dev=True)).materialize()
+    n_dev = held_out.count()
+    train = engine.dataset(parts, partial(read, dev=False))
+    if n_dev == n_rows or not n_dev:
+        raise ValueError(f"{examples}: {n_rows - n_dev} training and {n_dev} dev examples after "
+                         f"the pair-level split (dev_share={dev_share}); need both")
+    dev_rows = held_out.take(min(max_dev, cfg.dev_limit or max_dev))
+    words = [{k: [str(w) for w in r[k]] for k in ("query", "tokens", "tags")} for r in dev_rows]
+    return fit(cfg, step=AlignStep, labels=ALIGN_LABELS, dataset=train,
+               n_train=n_rows - n_dev, name=name,
+               dev=[Sentence(tokens=r["tokens"], tags=r["tags"]) for r in words],
+               step_args={"dev_queries": [r["query"] for r in words]},
+               extra_summary={"examples": str(examples)})
