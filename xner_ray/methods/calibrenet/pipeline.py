@@ -1,0 +1,133 @@
+"""The calibration pass on the Ray pipeline: every predicted span of a labeled round is refined.
+
+    read (one task per (sentences, pseudo_labels) file pair of the round)
+      -> RoundCalibrationStage (CalibreNet actors: GPU, or fractional CPUs)
+      -> write tasks: ``calibrations`` Parquet files under each language's attempt prefix
+
+It runs inside :func:`xner_ray.labeling.pipeline.label_rounds`, after the labeling pass and
+before the commit: the ``calibrations`` files join the round's other tables and become visible
+with them, in one manifest (a round is labeled *and* calibrated, or neither). Rows of
+``calibrations`` join ``pseudo_labels`` by (run_id, lang, round, sent_id). The driver sees
+file names and row counts only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Iterator, Optional
+
+import pyarrow as pa
+
+from xner_ray.methods.calibrenet.stage import CalibrationStage
+
+logger = logging.getLogger(__name__)
+
+CALIB_TABLES = ("calibrations",)
+SENTENCE_COLS = ["sent_id", "tokens"]
+LABEL_COLS = ["sent_id", "teacher", "tags", "probs", "labels"]
+
+
+@dataclass
+class CalibrationRun:
+    """Resources of the calibration actors (``xner_ray.cluster.derive_workers`` fills the
+    unset ones from the connected cluster)."""
+
+    calibrator: str = field(metadata={"help": "trained CalibreNet folder"})
+    batch_size: int = field(default=32, metadata={"help": "initial answers per forward pass"})
+    block_rows: int = field(default=256, metadata={"help": "sentences per actor call"})
+    max_length: int = field(default=192, metadata={
+        "help": "sub-word cap of [CLS] answer [SEP] passage [SEP] (CalibreNet 4.3: 192)"})
+    num_actors: Optional[int] = field(default=None, metadata={"help": "calibration actors"})
+    use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
+    threads: Optional[int] = field(default=None, metadata={"help": "torch threads per actor"})
+    local: bool = field(default=False, metadata={"help": "run in this process (tests)"})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.block_rows < 1 or self.max_length < 8:
+            raise ValueError("batch_size >= 1, block_rows >= 1 and max_length >= 8 required")
+
+
+class RoundCalibrationStage(CalibrationStage):
+    """:class:`CalibrationStage` returning the ``calibrations`` columns (plus ``lang`` for
+    the sink): the base tags become ``orig_tags``, the calibrator's id ``calibrator``."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = super().__call__(batch)
+        n = out.num_rows
+        return pa.table({
+            "sent_id": out.column("sent_id"), "lang": out.column("lang"),
+            "teacher": out.column("teacher"),
+            "calibrator": pa.array([self.id] * n, pa.string()),
+            "orig_tags": out.column(self.tags_column), "calib_tags": out.column("calib_tags"),
+            "orig_spans": out.column("orig_spans"), "calib_spans": out.column("calib_spans"),
+            "calib_score": out.column("calib_score"), "n_changed": out.column("n_changed")})
+
+
+def read_pair(item: tuple[str, str, str], *, rows: int = 256) -> Iterator[pa.Table]:
+    """One read task: a round's (sentences, pseudo_labels) file pair -- same rows in the same
+    order (``store.sink.RoundSink``) -- as blocks of tokens + base tags + soft labels."""
+    import pyarrow.parquet as pq
+
+    from xner_ray.store.sink import split_uri
+
+    lang, se_uri, pl_uri = item
+    (fs, se_path), (_, pl_path) = split_uri(se_uri), split_uri(pl_uri)
+    se = pq.read_table(se_path, filesystem=fs, columns=SENTENCE_COLS)
+    pl = pq.read_table(pl_path, filesystem=fs, columns=LABEL_COLS)
+    if se.num_rows != pl.num_rows or not se.column("sent_id").equals(pl.column("sent_id")):
+        raise ValueError(f"{se_uri} and {pl_uri} do not hold the same sentences in order")
+    table = pl.append_column("tokens", se.column("tokens")).append_column(
+        "lang", pa.array([lang] * pl.num_rows, pa.string()))
+    for start in range(0, table.num_rows, rows):
+        yield table.slice(start, rows)
+
+
+def _resources(run: CalibrationRun) -> dict:
+    if run.local:
+        return dict(concurrency=1, num_cpus=1, num_gpus=0, threads=run.threads)
+    from xner_ray.cluster import derive_workers
+
+    res = derive_workers(run.num_actors, run.use_gpu)
+    return dict(concurrency=res.num_workers, num_cpus=res.cpus_per_worker,
+                num_gpus=1 if res.use_gpu else 0, threads=run.threads or res.torch_threads)
+
+
+def build_plan(run: CalibrationRun, items: list[tuple[str, str, str]], sink):
+    """The calibration plan over ``items`` ((lang, sentences URI, pseudo_labels URI))."""
+    from xner_ray import engine
+
+    res = _resources(run)
+    stage = engine.Stage(RoundCalibrationStage, (run.calibrator,),
+                         dict(batch_size=run.batch_size, max_length=run.max_length,
+                              threads=res["threads"],
+                              device=None if res["num_gpus"] else "cpu"),
+                         batch_size=run.block_rows, num_cpus=res["num_cpus"],
+                         num_gpus=res["num_gpus"], min_actors=res["concurrency"],
+                         max_actors=res["concurrency"])
+    return engine.Plan(items=items, read=partial(read_pair, rows=run.block_rows),
+                       stages=[stage], sink=sink, name="calibrate")
+
+
+def calibrate_rounds(run: CalibrationRun, store, rounds: dict) -> dict[str, int]:
+    """Calibrate every :class:`~xner_ray.labeling.pipeline.LabeledRound` in ``rounds`` (one
+    pass over all their languages) and add the written ``calibrations`` files to each round,
+    so they commit with it. Returns rows written per language."""
+    from xner_ray import engine
+    from xner_ray.store.sink import RoundSink
+
+    items = [(lang, store.to_uri(se), store.to_uri(pl))
+             for lang, r in sorted(rounds.items()) for se, pl in r.pairs()]
+    if not items:
+        return {}
+    sink = RoundSink(store.uri, {lang: r.prefix for lang, r in rounds.items()}, CALIB_TABLES)
+    written = {lang: 0 for lang in rounds}
+    for rec in engine.run(build_plan(run, items, sink), local=run.local):
+        rounds[rec["lang"]].add(rec)
+        written[rec["lang"]] += rec["rows"]
+    for lang, r in rounds.items():
+        r.meta["calibrator"] = run.calibrator
+        r.counts["calibrated"] = written[lang]
+        logger.info("%s round %d: %d sentences calibrated", lang, r.round, written[lang])
+    return written
