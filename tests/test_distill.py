@@ -65,28 +65,36 @@ def test_missing_round_is_a_clear_error(tmp_path):
         committed_round(str(tmp_path), "x", "es", 2)
 
 
-def test_training_set_export_is_ordered_and_filtered(tmp_path):
-    """The export's rows come in sent_id order whatever the files' order (a join's output order
-    is not fixed, and the batches would differ run to run); selected_only keeps selected rows
-    with their weights, else every row with weight 1; duplicate sentences stay duplicated."""
+def test_training_pairs_are_read_side_by_side_and_filtered(tmp_path):
+    """A read task zips a sentences file with the pseudo_labels file written with it (same rows,
+    same order); selected_only keeps selected rows with their weights, else every row with
+    weight 1; duplicates stay; a whole-set selector is re-applied from its cut-offs; files that
+    do not hold the same sentences in order are an error, and so is an unpaired file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from xner_ray.train.distill import export_training_set
+    from xner_ray.selectors import TopRho
+    from xner_ray.train.distill import file_pairs, read_training_pair
 
     ids = ["d", "b", "a", "c", "b"]  # "b" twice: a repeated sentence
-    pq.write_table(pa.table({"sent_id": ["b", "c", "a", "d"],
-                             "tokens": [["B"], ["C"], ["A"], ["D"]]}), tmp_path / "s.parquet")
+    pq.write_table(pa.table({"sent_id": ids, "tokens": [[i.upper()] for i in ids]}),
+                   tmp_path / "s.parquet")
     pq.write_table(pa.table({"sent_id": ids, "probs": [[[1.0, 0.0]]] * 5,
                              "selected": [True, False, True, True, True],
-                             "weight": [1.0, 0.0, 0.5, 1.0, 1.0]}), tmp_path / "p.parquet")
-    files = {"sentences": [str(tmp_path / "s.parquet")],
-             "pseudo_labels": [str(tmp_path / "p.parquet")]}
-    n = export_training_set(files, tmp_path / "sel.parquet")
-    sel = pq.read_table(tmp_path / "sel.parquet").to_pydict()
-    assert n == 4 and sel["sent_id"] == ["a", "b", "c", "d"]  # the first "b" is not selected
-    assert sel["tokens"] == [["A"], ["B"], ["C"], ["D"]] and sel["weight"] == [0.5, 1.0, 1.0, 1.0]
-    n = export_training_set(files, tmp_path / "all.parquet", selected_only=False)
-    every = pq.read_table(tmp_path / "all.parquet").to_pydict()
-    assert n == 5 and every["sent_id"] == ["a", "b", "b", "c", "d"]
-    assert every["weight"] == [1.0] * 5
+                             "weight": [1.0, 0.0, 0.5, 1.0, 1.0],
+                             "confidence": [0.9, 0.8, 0.7, 0.6, 0.8]}), tmp_path / "p.parquet")
+    pair = (str(tmp_path / "s.parquet"), str(tmp_path / "p.parquet"))
+    sel = pa.concat_tables(read_training_pair(pair)).to_pydict()
+    assert sel["sent_id"] == ["d", "a", "c", "b"] and sel["weight"] == [1.0, 0.5, 1.0, 1.0]
+    assert sel["tokens"] == [["D"], ["A"], ["C"], ["B"]]
+    every = pa.concat_tables(read_training_pair(pair, selected_only=False)).to_pydict()
+    assert every["sent_id"] == ids and every["weight"] == [1.0] * 5
+    top = TopRho("confidence", 0.4).set_cutoffs([("at", -0.8, "b")])  # the top 2 of 5
+    kept = pa.concat_tables(read_training_pair(pair, selector=top)).to_pydict()
+    assert kept["sent_id"] == ["d", "b", "b"]  # both copies of a kept duplicate
+    pq.write_table(pa.table({"sent_id": ids[::-1], "tokens": [["x"]] * 5}),
+                   tmp_path / "s2.parquet")
+    with pytest.raises(ValueError, match="do not hold the same sentences in order"):
+        list(read_training_pair((str(tmp_path / "s2.parquet"), pair[1])))
+    with pytest.raises(ValueError, match="has no sentences file of the same name"):
+        file_pairs({"sentences": ["a/part-1.parquet"], "pseudo_labels": ["b/part-2.parquet"]})
