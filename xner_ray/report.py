@@ -229,6 +229,7 @@ def write_report(store_root: Union[str, os.PathLike, Store], out_html: Union[str
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Handler of ``xner report``."""
+    sqlshell.check_store(args.store)
     print(write_report(args.store, args.out))
     return 0
 
@@ -241,4 +242,3 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default="xner-report.html", help="HTML file to write")
     p.set_defaults(func=cmd_report)
     return p
-    sqlshell.check_store(args.store)
