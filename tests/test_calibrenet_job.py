@@ -121,7 +121,7 @@ def test_calibration_stage_on_ray_commits_with_the_round(ray_cluster, tiny_teach
         m = store.manifest("c1", lang, 0)
         assert m["tables"]["calibrations"]["rows"] == m["tables"]["pseudo_labels"]["rows"] == 300
         assert m["meta"]["counts"]["calibrated"] == 300 and m["meta"]["calibrator"] == calibrator
-    assert not store.exists(store.path("_tmp", "run_id=c1"))  # the attempt prefix is gone
+        assert not store.exists(store.path("_tmp", store.round_key("c1", lang, 0)))  # attempt gone
     con = connect(store.root)
     # one calibrations row per pseudo_labels row, its orig_tags the round's tags
     assert con.execute(
