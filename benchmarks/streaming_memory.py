@@ -11,7 +11,10 @@ file, starts a private local Ray cluster with a small object store, labels the f
 tests' tiny BERT (so the run measures the pipeline's memory, not a model's), and samples every
 ``--interval`` seconds: the driver's RSS, the summed RSS (and PSS) of the Ray worker processes
 (``ray::...``), the other Ray processes (raylet, GCS, agents), and the object store's usage and
-spilling. Progress is the number of rows the driver has written to the store.
+spilling. Progress is the number of rows in the ``pseudo_labels`` Parquet files the write tasks
+have finished under the store (their footers, polled at every sample): the driver receives and
+writes no rows any more, so it cannot count them. A write task gathers ``--rows-per-file`` rows
+per file, so progress moves in steps of that size.
 
 Writes ``<results>/streaming_memory.{json,md}`` (default benchmarks/results).
 """
@@ -31,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import footer, provenance  # noqa: E402
-from labeling_throughput import prepare_model, write_probe  # noqa: E402
+from labeling_throughput import prepare_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -153,10 +156,45 @@ def sample(driver, progress: dict, t0: float, store_stats) -> dict:
             **store_stats()}
 
 
-class Sampler(threading.Thread):
-    """Samples memory every ``interval`` seconds until stopped (daemon: never blocks exit)."""
+class StoreProgress(dict):
+    """Rows written so far: the ``pseudo_labels`` Parquet files finished under the store root
+    (in an attempt prefix while the round runs, in its partition once committed), counted from
+    their footers. A file still being written has no footer yet and is counted next time; a
+    file is known by its name, which a commit keeps when it moves the file."""
 
-    def __init__(self, progress: dict, interval: float, gcs_address: str):
+    TABLE = "pseudo_labels"
+
+    def __init__(self, root: Path):
+        super().__init__(rows=0, files=0, parquet_bytes=0, first=None)
+        self.root = Path(root)
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    def poll(self) -> dict:
+        import pyarrow.parquet as pq
+
+        if not self.root.exists():
+            return self
+        for path in self.root.rglob("*.parquet"):
+            if path.name in self._seen or self.TABLE not in path.parts:
+                continue
+            try:
+                rows = pq.read_metadata(path).num_rows
+                size = path.stat().st_size
+            except (OSError, ValueError):  # being written (no footer yet) or being moved
+                continue
+            self._seen[path.name] = (rows, size)
+            if self["first"] is None:
+                self["first"] = time.perf_counter()
+        self.update(rows=sum(r for r, _ in self._seen.values()), files=len(self._seen),
+                    parquet_bytes=sum(b for _, b in self._seen.values()))
+        return self
+
+
+class Sampler(threading.Thread):
+    """Samples memory every ``interval`` seconds until stopped (daemon: never blocks exit);
+    polls ``progress`` (a :class:`StoreProgress`) before each sample."""
+
+    def __init__(self, progress: StoreProgress, interval: float, gcs_address: str):
         import psutil
 
         super().__init__(daemon=True)
@@ -166,15 +204,18 @@ class Sampler(threading.Thread):
         self.t0 = time.perf_counter()
         self._stop_event = threading.Event()
 
+    def _sample(self) -> dict:
+        return sample(self.driver, self.progress.poll(), self.t0, self.store_stats)
+
     def run(self) -> None:
         while not self._stop_event.is_set():
-            self.samples.append(sample(self.driver, self.progress, self.t0, self.store_stats))
+            self.samples.append(self._sample())
             self._stop_event.wait(self.interval)
 
     def stop(self) -> list[dict]:
         self._stop_event.set()
         self.join()
-        self.samples.append(sample(self.driver, self.progress, self.t0, self.store_stats))
+        self.samples.append(self._sample())
         return self.samples
 
 
@@ -268,8 +309,8 @@ def main(argv=None) -> int:
                          "batch_size": args.batch_size, "block_rows": args.block_rows,
                          "rows_per_file": args.rows_per_file, "interval_s": args.interval},
               "corpus_over_object_store": round(ratio, 1),
-              "labeled_arrow_over_object_store": round(
-                  run["arrow_bytes"] / cluster["object_store_bytes"], 1),
+              "pseudo_labels_parquet_over_object_store": round(
+                  run["parquet_bytes"] / cluster["object_store_bytes"], 1),
               "run": run, **summarize(samples, args.sentences), "samples": samples, **meta}
     out = Path(args.results) / "streaming_memory"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -287,22 +328,26 @@ def label_and_sample(args, model: Path, tmp: Path, gcs: str) -> tuple[dict, list
                                                       "lang": "xx", "fmt": "text"}],
                       store=str(tmp / "store"), run_id="stream", batch_size=args.batch_size,
                       block_rows=args.block_rows, rows_per_file=args.rows_per_file)
-    with write_probe() as progress:
-        sampler = Sampler(progress, args.interval, gcs)
-        sampler.start()
-        t0 = time.perf_counter()
-        try:
-            summary = label(cfg)
-        finally:
-            samples = sampler.stop()
-        seconds = time.perf_counter() - t0
+    progress = StoreProgress(tmp / "store")
+    sampler = Sampler(progress, args.interval, gcs)
+    sampler.start()
+    t0 = time.perf_counter()
+    try:
+        summary = label(cfg)
+    finally:
+        samples = sampler.stop()
+    seconds = time.perf_counter() - t0
     s = summary["xx"]
     if s["sentences"] != args.sentences:
         raise RuntimeError(f"labeled {s['sentences']} of {args.sentences} sentences")
+    if progress["rows"] != args.sentences:
+        raise RuntimeError(f"the store's pseudo_labels files hold {progress['rows']} rows, "
+                           f"expected {args.sentences}")
     run = {"seconds": round(seconds, 1), "sentences": s["sentences"], "rejects": s["rejects"],
            "sentences_per_s": round(s["sentences"] / seconds, 1),
-           "first_batch_s": round(progress["first"] - t0, 2) if progress["first"] else None,
-           "arrow_bytes": progress["bytes"], "n_samples": len(samples)}
+           "first_file_s": round(progress["first"] - t0, 2) if progress["first"] else None,
+           "files": progress["files"], "parquet_bytes": progress["parquet_bytes"],
+           "n_samples": len(samples)}
     return run, samples
 
 
@@ -318,10 +363,12 @@ def markdown(r: dict) -> str:
         f"{_mib(c['text_bytes'])} MiB of text, {_mib(c['gzip_bytes'])} MiB gzip) labeled by "
         f"`label()` with the tests' tiny BERT on a local Ray cluster of {k['cpus']:g} CPUs with a "
         f"{_mib(k['object_store_bytes'])} MiB object store: the text is "
-        f"{r['corpus_over_object_store']}x the object store, the labeled Arrow batches the driver "
-        f"received {r['labeled_arrow_over_object_store']}x.",
-        f"Run: {run['seconds']} s ({run['sentences_per_s']} sentences/s, first batch "
-        f"{run['first_batch_s']} s, {run['rejects']} rejects), {run['n_samples']} samples every "
+        f"{r['corpus_over_object_store']}x the object store. The write tasks wrote the store "
+        f"(the driver receives no rows): {run['files']} `pseudo_labels` files, "
+        f"{_mib(run['parquet_bytes'])} MiB of Parquet "
+        f"({r['pseudo_labels_parquet_over_object_store']}x the object store).",
+        f"Run: {run['seconds']} s ({run['sentences_per_s']} sentences/s, first file written "
+        f"{run['first_file_s']} s, {run['rejects']} rejects), {run['n_samples']} samples every "
         f"{r['budget']['interval_s']} s; batch {r['budget']['batch_size']}, block_rows "
         f"{r['budget']['block_rows']}.", "",
         f"**Verdict: {r['verdict']}** (total RSS at 100% vs 25% of sentences written: "
@@ -338,11 +385,14 @@ def markdown(r: dict) -> str:
         lines.append(f"| {m} | {_mib(r['peaks'][m])} | "
                      + " | ".join(_mib(p.get(m)) for p in points) + " |")
     lines += ["",
-              "driver = this process (consumes the stream, writes Parquet); workers = `ray::` "
-              "processes (read task, SubwordStage, TeacherStage actors, Ray Data's helper actors, "
-              "idle workers); ray_system = raylet, GCS, dashboard/runtime-env agents, log "
-              "monitor. RSS counts mapped object-store pages in every process that touches them, "
-              "so total_rss double-counts; PSS shares them out. "
+              "driver = this process (plans the run, commits the round from the write tasks' "
+              "records); workers = `ray::` processes (read tasks, SubwordStage, TeacherStage, "
+              "SelectStage actors, write tasks, Ray Data's helper actors, idle workers); "
+              "sentences written = rows in the finished `pseudo_labels` files (steps of "
+              f"{r['budget']['rows_per_file']:,}); ray_system = raylet, GCS, "
+              "dashboard/runtime-env agents, log monitor. RSS counts mapped object-store "
+              "pages in every process that touches them, so total_rss double-counts; PSS "
+              "shares them out. "
               "store_used / spilled: the raylet's object store stats.",
               "", *footer(r)]
     return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""Smoke runs of benchmark scripts: they start, measure both sides and write their results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_driver_path_quick(tmp_path):
+    """``benchmarks/driver_path.py --quick``: both paths with both selectors, and the driver of
+    today's path (worker writes) receives a small fraction of the old driver path's bytes."""
+    # ~1-1.5 min on 2 quiet cores (8 short driver processes); the limit leaves room for a
+    # machine shared with other test runs
+    proc = subprocess.run([sys.executable, "benchmarks/driver_path.py", "--quick", "--results",
+                           str(tmp_path), "--tmp", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "driver_path_cpu.json").read_text())
+    assert (tmp_path / "driver_path_cpu.md").read_text().startswith("# Driver data path")
+    n = r["budget"]["sentences"]
+    for sel in ("keep_all", "top_rho:confidence:0.8"):
+        paths = r["labeling"][sel]
+        assert set(paths) >= {"driver", "workers"}
+        old = paths["driver"]["driver_bytes"]["min"]
+        new = paths["workers"]["driver_bytes"]["max"]
+        # the old path received every labeled row (soft labels included: far over 100 B each);
+        # today's driver gets records and, for top-rho, one block of sorted keys
+        assert old > 100 * n
+        assert new * 20 < old, (sel, old, new)
+        for side in ("driver", "workers"):
+            assert paths[side]["driver_cpu_s"]["min"] >= 0
+            assert paths[side]["sentences_per_s"]["min"] > 0
+    # top-rho keeps floor(0.8 n) on both paths (the same cut-off)
+    assert r["labeling"]["top_rho:confidence:0.8"]["driver"]["selected"] == [int(0.8 * n)]
+    assert r["labeling"]["top_rho:confidence:0.8"]["workers"]["selected"] == [int(0.8 * n)]
+    assert r["labeling"]["keep_all"]["workers"]["selected"] == [n]
+    for size, check in r["selection"].items():
+        if size != "growth":
+            assert check["exact_cutoffs"]["cutoffs"] == check["driver_fit"]["cutoffs"]
