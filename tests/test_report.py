@@ -54,6 +54,8 @@ def test_empty_store_and_cli(tmp_path, capsys):
     from xner_ray.cli import main
 
     out = tmp_path / "r.html"
+    assert main(["report", "--store", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    (tmp_path / "empty").mkdir()
     assert main(["report", "--store", str(tmp_path / "empty"), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     text = out.read_text()

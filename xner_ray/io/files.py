@@ -15,6 +15,7 @@ import gzip
 import io
 import lzma
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Iterator, Optional, Sequence, Union
 
@@ -162,6 +163,19 @@ def iter_lines(path: str, *, rstrip: bool = True) -> Iterator[tuple[int, Optiona
     ``raw.decode('utf-8', 'replace')`` rather than guess an encoding. A UTF-8 byte order mark
     at the start of the file is dropped.
     """
+    try:
+        yield from _iter_lines(path, rstrip)
+    except _CODEC_ERRORS as exc:  # a bad shard fails with its path, not deep in a worker
+        if compression_of(path) is None:
+            raise
+        raise ValueError(f"{path}: truncated or corrupt {compression_of(path)} file "
+                         f"({type(exc).__name__}: {exc})") from exc
+
+
+_CODEC_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)  # BadGzipFile is an OSError
+
+
+def _iter_lines(path: str, rstrip: bool) -> Iterator[tuple[int, Optional[str], bytes]]:
     with open_binary(path) as handle:
         for number, raw in enumerate(handle, 1):
             raw = raw.rstrip(b"\r\n")

@@ -50,7 +50,7 @@ def parse_targets(values: list) -> list[TargetSpec]:
 
 
 LABEL_KNOBS = ("batch_size", "block_rows", "max_length", "max_words", "num_actors", "threads",
-               "use_gpu", "rows_per_file")
+               "use_gpu", "rows_per_file", "allow_empty")
 
 
 def check_label_knobs(label: dict) -> None:

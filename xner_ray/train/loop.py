@@ -82,7 +82,7 @@ def read_labeled(spec: str, what: str, label_map=None):
     if label_map is not None:
         for s in sents:
             s.tags = label_map.apply(s.tags)
-    logger.warning("%s: %d sentences from %s, %s", what, len(sents), spec, rejects.summary())
+    logger.info("%s: %d sentences from %s, %s", what, len(sents), spec, rejects.summary())
     return sents, rejects
 
 
@@ -141,6 +141,8 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
         run_config=ray.train.RunConfig(
             name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=cfg.checkpoints or str(out.parent / "_checkpoints"),
+            # worker-group set-up and checkpoint bookkeeping stay in Ray's log files
+            **_train_logging(),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="dev_f1",
                 checkpoint_score_order="max")),
@@ -164,6 +166,13 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
     logger.info("%s: best epoch %s dev F1 %.4f -> %s", name, best.get("epoch"),
                    best["dev_f1"], out)
     return out
+
+
+def _train_logging() -> dict:
+    import ray.train
+
+    cls = getattr(ray.train, "LoggingConfig", None)
+    return {"logging_config": cls(log_level="WARNING")} if cls is not None else {}
 
 
 def model_card(name: str, summary: dict, step) -> str:
