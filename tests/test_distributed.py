@@ -95,8 +95,8 @@ def test_label_and_sql_on_object_storage(s3_env, tiny_teacher_dir, tmp_path):
     assert any(k.startswith("label-store/decisions/run_id=s3/") for k in keys)
     # the attempt's files are gone after the commit (S3 keeps empty "folder/" marker keys)
     assert not any("/_tmp/" in k and not k.endswith("/") for k in keys)
-    rows = _sql(store, "SELECT count(*) AS n, sum(selected::INT) AS kept FROM pseudo_labels",
-                s3_env)
+    rows = _sql(store, "SELECT count(*)::INT AS n, sum(selected::INT)::INT AS kept "
+                "FROM pseudo_labels", s3_env)
     assert rows == [{"n": 300, "kept": 150}]
 
 
