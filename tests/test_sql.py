@@ -136,7 +136,7 @@ def test_every_question_has_a_header_and_a_test():
               "boundary_errors", "rejects_per_reason", "projection_status", "runs_overview",
               "policy_auc",
               "boundary_ops",  # tests/test_calibrenet_garble.py
-              "calibration_errors", "calibration_summary"}
+              "calibration_errors", "calibration_summary", "round_scores"}
     assert set(files) == tested
 
 
@@ -526,3 +526,22 @@ def test_calibration_summary(cal_con):
     assert (nl["sentences"], nl["spans_changed"], nl["gold_sentences"]) == (2, 0, 0)
     assert nl["f1_before"] is None and nl["f1_after"] is None
     assert set(rows) == {("c1", "es", 0), ("c1", "nl", 0)}
+
+
+def test_round_scores_reads_the_jobs_round_summaries(tmp_path):
+    from xner_ray.sqlshell import connect, run_sql
+    from xner_ray.store import Store
+
+    store = Store(tmp_path / "s")
+    store.record_run("r", "rikd", {"x": 1})
+    for k, (src, tgt) in enumerate([(0.61, 0.52), (0.63, 0.55)]):
+        store.update_run("r", round=k, metrics={"de": {
+            "round": k, "teacher": f"t{k}", "student": f"s{k}", "n_train": 300,
+            "source_dev_f1": src, "discard_ratio": 0.25, "seconds": 10.0,
+            "target_dev": {"f1": tgt, "per_type": {"LOC": 0.6, "PER": 0.5}}}})
+    store.record_run("l", "label", {"y": 2})
+    store.update_run("l", round=0, metrics={"de": {"sentences": 3}})  # no scores: left out
+    rows = run_sql(connect(store.root), "round_scores", output="arrow").to_pylist()
+    assert [(r["run_id"], r["round"], r["source_dev_f1"], r["target_dev_f1"], r["student"])
+            for r in rows] == [("r", 0, 0.61, 0.52, "s0"), ("r", 1, 0.63, 0.55, "s1")]
+    assert '"LOC":0.6' in rows[0]["target_f1_per_type"].replace(" ", "")

@@ -184,6 +184,22 @@ def _calibration(summary: list[dict], errors: list[dict]) -> str:
                 "gold_entities", "f1_before", "f1_after"]) + (html_table(errors) if errors else "")
 
 
+def _scores(rows: list[dict]) -> str:
+    """Source and target dev F1 per round: each round's student against its teacher (the
+    previous round's student) -- the target scores are for reading only, never for choosing."""
+    if not rows:
+        return '<p class="note">no scored rounds (labeling-only runs record counts)</p>'
+    figs = []
+    for key, g in _groups(rows, ("run_id", "lang")).items():
+        figs.append(bar_chart([f"round {r['round']}" for r in g],
+                              {"source dev F1": [r["source_dev_f1"] or 0.0 for r in g],
+                               "target dev F1": [r["target_dev_f1"] or 0.0 for r in g]},
+                              f"dev F1 per round: {_name(key)}", y_max=1.0))
+    return _charts(figs) + html_table(rows, [
+        "run_id", "job", "lang", "round", "n_train", "source_dev_f1", "target_dev_f1",
+        "target_f1_per_type", "discard_ratio", "teacher", "student"])
+
+
 def build_report(store_root: Union[str, os.PathLike, Store], title: Optional[str] = None) -> str:
     """The report's HTML text."""
     store = store_root if isinstance(store_root, Store) else Store(store_root)
@@ -195,12 +211,17 @@ def build_report(store_root: Union[str, os.PathLike, Store], title: Optional[str
     sections = [
         ("Runs", html_table(rows("runs_overview"), ["run_id", "job", "status", "code_version",
                                                     "started_at", "seconds"])),
+        ("Scores per round (source dev chooses; target dev is reported only)",
+         _scores(rows("round_scores"))),
         ("Sentences and entities", html_table(rows("sentences_entities"))),
         ("Confidence histograms", _confidence(rows("confidence_histogram"))),
         ("Label distribution", _labels(rows("label_distribution"))),
         ("Selection", _selection(rows("selection_summary"))),
         ("Pseudo-label precision / recall / F1 (where gold exists)",
          _prf(rows("pseudo_label_prf"))),
+        ("Label flips between the first and the last round",
+         html_table(rows("label_flips")[:50])),
+        ("Most frequent entities", html_table(rows("top_entities")[:60])),
         ("Error categories (CalibreNet Table 1)",
          _per_group_bars(rows("boundary_errors"), "category", "errors", "errors")),
         ("Calibration (CalibreNet: base tags vs calibrated tags)",

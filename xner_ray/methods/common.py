@@ -130,7 +130,8 @@ def target_scores(model_dir: Path, target: TargetSpec) -> Optional[dict]:
 
     r = evaluate_model(str(model_dir), target.dev, lang=target.lang)
     return {k: round(float(r[k]), 6) for k in ("precision", "recall", "f1")} | {
-        "n_sentences": r["n_sentences"]}
+        "n_sentences": r["n_sentences"],
+        "per_type": {t: round(v["f1"], 6) for t, v in sorted(r["per_type"].items())}}
 
 
 def write_json(path: Path, data: Any) -> None:
