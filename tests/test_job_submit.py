@@ -35,10 +35,16 @@ def test_rikd_demo_config_through_ray_job_submit(tmp_path):
 
     from xner_ray.store import Store
 
+    from xner_ray.sqlshell import connect
+
     store = Store(out / "store")
     for lang in ("de", "nl"):
         assert store.complete_rounds("rikd-demo", lang) == [0, 1]
         assert store.manifest("rikd-demo", lang, 1)["meta"]["rikd"]["rl_steps"] > 0
+    # the policy's decisions reach the store in every reinforced round (issue 13's contract)
+    decided = connect(out / "store").execute(
+        "SELECT lang, round, count(policy_p) FROM pseudo_labels GROUP BY ALL").fetchall()
+    assert len(decided) == 4 and all(n > 0 for _, _, n in decided)
     results = json.loads((out / "results.json").read_text())
     assert {l: len(r) for l, r in results.items()} == {"de": 2, "nl": 2}
 
@@ -68,7 +74,7 @@ def test_advpicker_demo_config_through_ray_job_submit(tmp_path):
             "SELECT count(*), count(lang_score), min(lang_score), max(lang_score), "
             "sum(selected::INT) FROM pseudo_labels WHERE lang = ?", [lang]).fetchone()
         assert n > 0 and scored == n and 0.5 <= lo <= hi <= 1.0  # Eq. 6 range
-        assert 0 < kept < n
+        assert abs(kept / n - 0.8) <= 0.02  # exactly the top rho (AdvPicker 3.2)
         assert (out / lang / "model.safetensors").exists()
 
 
