@@ -215,13 +215,10 @@ def _pair_hash(pair_ids: list) -> np.ndarray:
                                     "big") >> 1 for p in pair_ids], dtype=np.int64)
 
 
-_ENTITY_KEY = np.iinfo(np.int64).max  # pairs with an entity sort after every entity-less one
-
-
-def read_projection_keys(uri: str) -> Iterator[pa.Table]:
-    """One read task: per kept pair (status ok) of a ``projections`` file, ``entity`` (1 if it
-    has a projected entity) and ``h``: the pair-id hash of an entity-less pair, the int64
-    maximum for the others."""
+def read_projection_keys(uri: str, *, entity: bool) -> Iterator[pa.Table]:
+    """One read task over a ``projections`` file: one row per kept pair (status ok) with a
+    projected entity (``entity=True``), or the pair-id hash ``h`` of each kept entity-less
+    pair (``entity=False``)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -230,10 +227,11 @@ def read_projection_keys(uri: str) -> Iterator[pa.Table]:
     fs, path = split_uri(uri)
     t = pq.read_table(path, filesystem=fs, columns=["pair_id", "status", "tgt_spans"])
     t = t.filter(pc.equal(t.column("status"), "ok"))
-    entity = pc.greater(pc.list_value_length(t.column("tgt_spans")), 0).to_numpy(
-        zero_copy_only=False)
-    h = np.where(entity, _ENTITY_KEY, _pair_hash(t.column("pair_id").to_pylist()))
-    yield pa.table({"entity": entity.astype(np.int64), "h": h.astype(np.int64)})
+    has = pc.greater(pc.list_value_length(t.column("tgt_spans")), 0)
+    if entity:
+        yield pa.table({"entity": pa.array(np.ones(int(pc.sum(has).as_py() or 0), np.int8))})
+    else:
+        yield pa.table({"h": _pair_hash(t.filter(pc.invert(has)).column("pair_id").to_pylist())})
 
 
 def read_projected(uri: str, *, max_empty_key: Optional[int]) -> Iterator[pa.Table]:
@@ -264,19 +262,23 @@ def plan_training_set(uris: list[str], max_empty_share: Optional[float], *,
     of the rows: those with the smallest pair-id hashes, a deterministic pick), and
     ``empty_dropped``; ``max_empty_key`` is the hash cut-off :func:`read_projected` applies.
 
-    Ray: the keys (two int64 per kept pair) are read by tasks, counted and, when the cap cuts,
-    sorted by Ray Data; only the cut-off comes back. ``local``: the same in this process."""
+    Ray: read tasks emit a row per kept pair (entity-less ones: their hash); counts come from
+    block metadata and, when the cap cuts, Ray Data sorts the hashes; only the cut-off comes
+    back. ``local``: the same in this process."""
     if not uris:
         raise ValueError("the projection round has no rows")
     if local:
-        keys = pa.concat_tables([t for u in uris for t in read_projection_keys(u)])
-        n_ok, n_ent = keys.num_rows, int(np.sum(keys.column("entity").to_numpy()))
-    else:
+        n_ent = sum(t.num_rows for u in uris for t in read_projection_keys(u, entity=True))
+        empty = pa.concat_tables([t for u in uris for t in read_projection_keys(u, entity=False)])
+        n_empty = empty.num_rows
+    else:  # counts from block metadata; no aggregation actors
         from xner_ray import engine
 
-        keys = engine.dataset(list(uris), read_projection_keys).materialize()
-        n_ok, n_ent = keys.count(), int(keys.sum("entity") or 0)
-    n_empty = n_ok - n_ent
+        n_ent = engine.dataset(list(uris),
+                               partial(read_projection_keys, entity=True)).materialize().count()
+        empty = engine.dataset(list(uris),
+                               partial(read_projection_keys, entity=False)).materialize()
+        n_empty = empty.count()
     if n_ent == 0:
         raise ValueError(f"no kept pair has a projected entity ({n_empty} entity-less pairs "
                          "kept): nothing to train a tagger on (see sql/projection_status.sql "
@@ -289,9 +291,10 @@ def plan_training_set(uris: list[str], max_empty_share: Optional[float], *,
         cutoff = -1
     elif keep_empty < n_empty:
         if local:
-            cutoff = int(np.sort(keys.column("h").to_numpy())[keep_empty - 1])
-        else:
-            cutoff = int(keys.sort("h").limit(keep_empty).max("h"))
+            cutoff = int(np.sort(empty.column("h").to_numpy())[keep_empty - 1])
+        else:  # the keep_empty-th smallest hash: one row back to the driver
+            smallest = empty.sort("h").limit(keep_empty)
+            cutoff = int(smallest.sort("h", descending=True).take(1)[0]["h"])
     return {"with_entities": n_ent, "empty": keep_empty, "empty_dropped": n_empty - keep_empty,
             "max_empty_key": cutoff}
 

@@ -181,8 +181,8 @@ def train_aligner(cfg, examples, *, dev_share: float = 0.1, max_dev: int = 500,
     if n_dev == n_rows or not n_dev:
         raise ValueError(f"{examples}: {n_rows - n_dev} training and {n_dev} dev examples after "
                          f"the pair-level split (dev_share={dev_share}); need both")
-    dev_rows = held_out.take(min(max_dev, cfg.dev_limit or max_dev))
-    words = [{k: [str(w) for w in r[k]] for k in ("query", "tokens", "tags")} for r in dev_rows]
+    words = held_out.take_batch(min(max_dev, cfg.dev_limit or max_dev),
+                                batch_format="pyarrow").to_pylist()
     return fit(cfg, step=AlignStep, labels=ALIGN_LABELS, dataset=train,
                n_train=n_rows - n_dev, name=name,
                dev=[Sentence(tokens=r["tokens"], tags=r["tags"]) for r in words],
