@@ -376,16 +376,19 @@ def test_label_config_of_the_job(tmp_path):
                           rho=0.7, combine="chosen", gold_eval=True, label={"batch_size": 8},
                           targets=[{"lang": "de", "unlabeled": "de.txt"},
                                    {"lang": "nl", "unlabeled": "nl.txt", "fmt": "conll"}])
+    import os
+
     t6 = tladv_config(cfg, 6)
+    # a job's paths are made absolute once, when its config is loaded
     assert (t6.out, t6.seed, t6.dev, t6.epochs) == (str(tmp_path / "teachers" / "seed6"), 6,
-                                                    "en.dev", 2)
-    assert [(u.path, u.lang, u.fmt) for u in t6.unlabeled] == [("de.txt", "de", "auto"),
-                                                               ("nl.txt", "nl", "conll")]
+                                                    os.path.abspath("en.dev"), 2)
+    assert [(u.path, u.lang, u.fmt) for u in t6.unlabeled] == [
+        (os.path.abspath("de.txt"), "de", "auto"), (os.path.abspath("nl.txt"), "nl", "conll")]
     lc = label_config(cfg, ["t5", "t6"], cfg.targets[1:])
     assert lc.teachers == lc.lang_scorers == ["t5", "t6"] and lc.combine == "best_confidence"
     assert make_selector(lc.selector) == LangScoreTopRho(0.7, "chosen")
-    assert [(i.path, i.lang, i.fmt, i.gold) for i in lc.inputs] == [("nl.txt", "nl", "conll",
-                                                                       True)]
+    assert [(i.path, i.lang, i.fmt, i.gold) for i in lc.inputs] == [
+        (os.path.abspath("nl.txt"), "nl", "conll", True)]
     assert (lc.run_id, lc.round, lc.batch_size) == ("a", 0, 8)
     # by default the job keeps exactly the top rho (the paper's rule), not the union
     default = AdvPickerConfig(run_id="a", store="s", out=str(tmp_path), source_dev="en.dev",
@@ -465,5 +468,7 @@ def test_shipped_configs_resolve(name, capsys):
 
     path = Path(__file__).resolve().parents[1] / "configs" / name
     assert _advpicker_main(["--config", str(path), "--dry-run"]) == 0
-    resolved = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    resolved, end = json.JSONDecoder().raw_decode(out)  # the resolved config, then the path check
+    assert "path check" in out[end:]
     assert resolved["rho"] == 0.8 and resolved["train_tladv"]["disc_hidden"] == 500
