@@ -94,14 +94,16 @@ def duckdb_type(t: pa.DataType) -> str:
 
 def overlay_sql(labels: str, decisions: str) -> str:
     """``pseudo_labels`` as readers see it: the written rows with the round's later decisions
-    (whole-set selection, RIKD's policy) laid over them by (run, lang, round, sent_id)."""
+    (whole-set selection, RIKD's policy) laid over them by (run, lang, round, sent_id); a
+    later stage's decision wins over an earlier one."""
     keys = ("run_id", "lang", "round", "sent_id")
     on = " AND ".join(f"p.{k} = d.{k}" for k in keys)
     repl = ",\n    ".join(f"CASE WHEN d.sent_id IS NULL THEN p.{c} ELSE d.{c} END AS {c}"
                           for c in DECIDED)
     return (f"CREATE OR REPLACE VIEW pseudo_labels AS\nSELECT p.* REPLACE (\n    {repl})\n"
             f"FROM {labels} p\nLEFT JOIN (SELECT DISTINCT ON ({', '.join(keys)}) "
-            f"{', '.join(keys + DECIDED)}\n  FROM {decisions}) d\n  ON {on};")
+            f"{', '.join(keys + DECIDED)}\n  FROM {decisions}\n"
+            f"  ORDER BY {', '.join(keys)}, stage DESC) d\n  ON {on};")
 
 
 # Rounds with a manifest: the glob views keep only these partitions (a round being committed,

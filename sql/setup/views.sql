@@ -148,6 +148,7 @@ SELECT COLUMNS(lambda c: c <> 'empty') FROM (
     NULL::BOOLEAN AS "selected",
     NULL::VARCHAR AS "selector",
     NULL::FLOAT AS "weight",
+    NULL::INTEGER AS "stage",
     NULL::VARCHAR AS "lang",
     NULL::INTEGER AS "round",
     NULL::VARCHAR AS "run_id"
@@ -190,5 +191,6 @@ SELECT p.* REPLACE (
     CASE WHEN d.sent_id IS NULL THEN p.weight ELSE d.weight END AS weight)
 FROM _pseudo_labels_written p
 LEFT JOIN (SELECT DISTINCT ON (run_id, lang, round, sent_id) run_id, lang, round, sent_id, policy_p, selected, selector, weight
-  FROM decisions) d
+  FROM decisions
+  ORDER BY run_id, lang, round, sent_id, stage DESC) d
   ON p.run_id = d.run_id AND p.lang = d.lang AND p.round = d.round AND p.sent_id = d.sent_id;

@@ -162,7 +162,7 @@ class DecideStage:
         return pa.table({"sent_id": out.column("sent_id"), "lang": [self.lang] * n,
                          "policy_p": pa.nulls(n, pa.float32()),
                          "selected": out.column("selected"), "selector": out.column("selector"),
-                         "weight": out.column("weight")})
+                         "weight": out.column("weight"), "stage": pa.array([0] * n, pa.int32())})
 
 
 def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> "engine.Plan":

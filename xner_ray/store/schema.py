@@ -86,6 +86,8 @@ DECISIONS = pa.schema([
     _f("selected", pa.bool_(), "kept for training"),
     _f("selector", pa.string(), "versioned id of what decided"),
     _f("weight", pa.float32(), "training weight (0 for discarded rows)"),
+    _f("stage", pa.int32(), "0: decided after labeling (a whole-set selector); 1: decided in "
+       "training (RIKD's policy). For one sentence the highest stage wins"),
     _LANG, _ROUND, _RUN_ID,
 ])
 

@@ -195,15 +195,16 @@ def read_text(uri: str) -> str:
 
 def write_decisions(uri: str, sent_ids: list, policy_p: list, selected: list,
                     selector_id: str) -> None:
-    """Rows of the store's ``decisions`` table written by a worker (e.g. RIKD's training
-    ranks); the number selected rides in the file metadata, so a commit reads only footers."""
+    """Rows of the store's ``decisions`` table written by a worker in training (stage 1: RIKD's
+    ranks, over any decision taken at labeling); the number selected rides in the file metadata, so a commit reads only footers."""
     n = len(sent_ids)
     sel = pa.array([bool(s) for s in selected], pa.bool_())
     table = _file_table(pa.table({
         "sent_id": pa.array([str(s) for s in sent_ids], pa.string()),
         "policy_p": pa.array(policy_p, pa.float32()), "selected": sel,
         "selector": pa.array([selector_id] * n, pa.string()),
-        "weight": pc.cast(sel, pa.float32())}), "decisions")
+        "weight": pc.cast(sel, pa.float32()),
+        "stage": pa.array([1] * n, pa.int32())}), "decisions")
     meta = dict(table.schema.metadata or {})
     meta[SELECTED_KEY] = str(int(pc.sum(sel.cast(pa.int64())).as_py() or 0)).encode()
     fs, path = split_uri(uri)
