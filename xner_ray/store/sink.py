@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from xner_ray.records import RejectSink
 from xner_ray.store import schema as S
+from xner_ray.store.writer import _safe_text as _safe
 
 ROW_GROUP_ROWS = 65_536  # issue 14: row groups of >= 64k rows (or one file's rows, if fewer)
 COUNTS_KEY = b"xner_ray.reject_counts"
@@ -160,16 +161,6 @@ def reject_counts(fs, path: str) -> dict[str, int]:
         meta = pq.ParquetFile(f).schema_arrow.metadata or {}
     return json.loads(meta.get(COUNTS_KEY, b"{}"))
 
-
-def _safe(value: Optional[str]) -> Optional[str]:
-    """Arrow strings must be valid UTF-8: escape lone surrogates (surrogateescape'd bytes)."""
-    if value is None:
-        return None
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 SELECTED_KEY = b"xner_ray.selected"
