@@ -100,6 +100,39 @@ def test_label_and_sql_on_object_storage(s3_env, tiny_teacher_dir, tmp_path):
     assert rows == [{"n": 300, "kept": 150}]
 
 
+def test_model_folder_fetched_once_per_node(s3_env, tiny_teacher_dir, tmp_path, monkeypatch):
+    """A model URI is downloaded into the node's cache once; a rewritten folder at the same URI
+    gets a new copy; a URI with no model under it is an error naming it."""
+    import boto3
+
+    from xner_ray.models.cache import COMPLETE, fetch_model
+    from xner_ray.models.classifier import load_token_classifier
+
+    for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+              "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED"):
+        monkeypatch.setenv(k, s3_env[k])
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+    for f in tiny_teacher_dir.iterdir():
+        client.upload_file(str(f), "xner-test", f"models/teacher/{f.name}")
+    uri = "s3://xner-test/models/teacher"
+    cache = tmp_path / "cache"
+    first = fetch_model(uri, cache)
+    assert sorted(p.name for p in first.iterdir()) == sorted(
+        [COMPLETE, *(f.name for f in tiny_teacher_dir.iterdir())])
+    stamp = (first / COMPLETE).stat().st_mtime_ns
+    assert fetch_model(uri, cache) == first and (first / COMPLETE).stat().st_mtime_ns == stamp
+    monkeypatch.setenv("XNER_CACHE_DIR", str(cache))
+    model = load_token_classifier(uri)  # every loader goes through the cache
+    assert model.config.num_labels == 7
+    client.put_object(Bucket="xner-test", Key="models/teacher/README.md", Body=b"changed")
+    second = fetch_model(uri, cache)
+    assert second != first and (second / "README.md").read_text() == "changed"
+    with pytest.raises(FileNotFoundError, match="s3://xner-test/models/none"):
+        fetch_model("s3://xner-test/models/none", cache)
+
+
 @pytest.mark.slow
 def test_rikd_round_on_object_storage(s3_env, tiny_teacher_dir, tiny_model_dir, tmp_path):
     store = "s3://xner-test/rikd-store"
@@ -111,15 +144,36 @@ def test_rikd_round_on_object_storage(s3_env, tiny_teacher_dir, tiny_model_dir, 
                        "freeze_layers": 0, "freeze_embeddings": False}}
     path = tmp_path / "rikd.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    _run([sys.executable, "jobs/rikd.py", "--config", str(path), "--set", f"store={store}"],
-         s3_env, timeout=900)
+    # the students (and results.json) go to S3 too; every process fetches a model from there
+    # into its node's cache (here: one node, one cache folder)
+    out = "s3://xner-test/rikd-out"
+    env = {**s3_env, "XNER_CACHE_DIR": str(tmp_path / "cache")}
+    _run([sys.executable, "jobs/rikd.py", "--config", str(path), "--set", f"store={store}",
+          "--set", f"out={out}"], env, timeout=900)
     rows = _sql(store, "SELECT round, count(*) AS n, count(policy_p) AS decided FROM "
                 "pseudo_labels GROUP BY round ORDER BY round", s3_env)
     assert [r["round"] for r in rows] == [0, 1]
     assert all(r["n"] == 300 and r["decided"] > 0 for r in rows)
     # round 1's teacher is round 0's student: the job ran teacher -> label -> student -> next
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    keys = _s3_files(s3_env, "rikd-out/")
+    assert "rikd-out/results.json" in keys
+    for k in (0, 1):
+        assert {f"rikd-out/de/round{k}/{f}" for f in ("model.safetensors", "config.json",
+                "train_summary.json", "round_summary.json", "README.md")} <= set(keys)
+    assert not any("_checkpoints" in k and not k.endswith("/") for k in keys)  # removed
+    assert not (tmp_path / "out").exists()  # nothing on the driver's disk
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+    results = json.loads(client.get_object(Bucket="xner-test", Key="rikd-out/results.json")
+                         ["Body"].read())
+    assert results["de"][0]["student"] == f"{out}/de/round0"
     assert results["de"][1]["teacher"] == results["de"][0]["student"]
+    # round 0's student, labeling round 1 (and evaluated), came through the cache, once
+    cached = list((tmp_path / "cache" / "remote-models").glob("round0-*"))
+    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
 
 
 @pytest.mark.slow
@@ -183,3 +237,14 @@ def test_killed_write_task_commits_the_same_round(ray_cluster, tiny_teacher_dir,
              "ORDER BY sent_id, confidence")
     assert (connect(tmp_path / "killed").execute(query).fetchall()
             == connect(tmp_path / "clean").execute(query).fetchall())
+
+
+@pytest.mark.parametrize("job", ["tsl", "advpicker", "project", "calibrenet"])
+def test_jobs_writing_local_outputs_refuse_a_uri_out(job):
+    """Only RIKD publishes students to a URI; the others say so in one line."""
+    out = subprocess.run([sys.executable, f"jobs/{job}.py", "--config", f"configs/{job}_demo.yaml",
+                          "--set", "out=s3://bucket/run", "--dry-run"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode in (1, 2), out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "out: s3://bucket/run is a URI" in lines[0]

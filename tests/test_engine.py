@@ -73,6 +73,24 @@ def test_ray_runner_gives_the_same_rows(ray_cluster, tmp_path):
     assert _rows(records) == local
 
 
+@pytest.mark.parametrize("local", [True, False])
+def test_progress_counts_every_row_on_both_runners(request, tmp_path, caplog, local):
+    """A plan with ``progress`` logs count, rate and -- with a total -- the share done; the
+    final line counts every row the stages took in (on Ray, the stages' actors report)."""
+    import logging
+
+    if not local:
+        request.getfixturevalue("ray_cluster")
+    plan = _plan(tmp_path, "p")
+    plan.progress, plan.unit, plan.total = "[test] xx", "sentences", 30
+    with caplog.at_level(logging.INFO, logger="xner_ray"):
+        records = engine.run(plan, local=local)
+    assert sum(r["rows"] for r in records) == 30
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[test] xx: ")]
+    assert lines and lines[-1].startswith("[test] xx: 30/30 sentences (100%)"), lines
+    assert "elapsed" in lines[-1]
+
+
 class _Top:
     """A minimal set selector over one score column (the protocol of selectors.SetSelector)."""
 

@@ -147,6 +147,28 @@ def test_ray_train_fit_log_is_quiet(tiny_model_dir, tmp_path):
         assert sum(f"[train] epoch {epoch} done:" in l for l in lines) == 1, log
     for noise in ("Execution plan of Dataset", "Starting execution of Dataset",
                   "execution finished in", "Progress bars disabled", "Reporting training result",
-                  "RayDeprecationWarning", "Failed to send resource request", "Data sink"):
+                  "RayDeprecationWarning", "Failed to send resource request", "Data sink",
+                  "Attempting to start training worker group", "Started training worker group",
+                  "Checkpoint successfully created", "Moving model to device",
+                  "Setting up process group"):
         assert not [l for l in lines if noise in l], noise
     assert sum("teacher: best epoch" in l for l in lines) == 1
+
+
+def test_log_share_counts_the_projects_lines():
+    """The demo-log measure (benchmarks/demo_log.py): our log lines, also forwarded from Ray
+    workers, and our printed summaries count; Ray's and other libraries' lines do not."""
+    from xner_ray.logs import STATE_API_WARNING, is_own_line, log_share
+
+    own = ["14:00:01 INFO labeling.pipeline: de round 0: 300 sentences committed",
+           "(RayTrainWorker pid=812) 14:00:09 INFO train.loop: epoch 1: 19/19 steps",
+           "\x1b[36m(RayTrainWorker pid=812)\x1b[0m [train] epoch 1 done: 19/19 steps",
+           "14:00:02 INFO progress: [label] de round 0: 120/300 sentences (40%)",
+           "[job] teacher /x/teacher-en: trained already, reused"]
+    other = ["2026-12-02 14:00:00,001\tINFO worker.py:1 -- Started a local Ray instance.",
+             "14:00:03 WARNING ray.data._internal.execution: something",
+             f"(pid=77) {STATE_API_WARNING}. State API may be temporarily unavailable",
+             "14:00:04 WARNING root: a stray warning"]
+    assert all(is_own_line(l) for l in own) and not any(is_own_line(l) for l in other)
+    r = log_share("\n".join(own + other + ["", "   "]))
+    assert (r["lines"], r["own"], r["share"], r["state_api_warnings"]) == (9, 5, 0.5556, 1)

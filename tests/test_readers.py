@@ -457,3 +457,23 @@ def test_real_length_cap(shared_data):
         n = sum(1 for _ in read_conll(shared_data / name / "train.txt", rejects=sink,
                                       max_words=512))
         assert (n, sink.total, sink.counts[TOO_LONG]) == (kept, too_long, too_long)
+
+
+def test_count_records_for_progress_totals(tmp_path):
+    """The fast pre-count behind the labeling bar's total: CoNLL blocks, non-blank lines."""
+    import gzip
+
+    from xner_ray.io.text import count_records, read_unlabeled
+    from xner_ray.labeling.pipeline import expected_sentences
+    from xner_ray.labeling.source import InputSpec
+
+    conll = tmp_path / "a.conll"
+    conll.write_text("\n\nEU B-ORG\nrejects O\n\n\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n")
+    text = tmp_path / "b.txt.gz"
+    with gzip.open(text, "wt") as f:
+        f.write("one sentence\n\n  \nanother one\nthird\n")
+    assert count_records(str(conll)) == 3 == len(list(read_unlabeled(str(conll), lang="en")))
+    assert count_records(str(text), "text") == 3
+    inputs = [(str(conll), InputSpec(str(conll), "en")), (str(text), InputSpec(str(text), "en", fmt="text"))]
+    assert expected_sentences(inputs) == 6
+    assert expected_sentences([("s3://bucket/x.txt", InputSpec("s3://bucket/x.txt", "en"))]) is None

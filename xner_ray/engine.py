@@ -51,11 +51,27 @@ class Plan:
     read_cpus: float = 0.25
     rows_per_write: Optional[int] = None  # rows a write task gathers before writing one file
     name: str = "pipeline"
+    # live progress of the rows through the stages, on the driver: ``progress`` names the loop
+    # in its lines ("[label] round 0"), ``unit`` what a row is, ``total`` the rows expected
+    # (None: count and rate, no ETA). The stages' actors report counts to a 0-CPU actor.
+    progress: Optional[str] = None
+    unit: str = "rows"
+    total: Optional[int] = None
 
 
 def run(plan: Plan, *, local: bool = False) -> list[dict]:
     """Execute ``plan`` on the connected Ray cluster (or in-process); the sink's records."""
     return run_local(plan) if local else run_ray(plan)
+
+
+def _progress(plan: Plan):
+    from contextlib import nullcontext
+
+    from xner_ray.logs import progress
+
+    if plan.progress is None:
+        return nullcontext(None)
+    return progress(plan.progress, plan.total, plan.unit, logger=logger)
 
 
 def run_local(plan: Plan) -> list[dict]:
@@ -64,17 +80,21 @@ def run_local(plan: Plan) -> list[dict]:
     records: list[dict] = []
     pending: list[pa.Table] = []
     rows = 0
-    for item in plan.items:
-        for table in plan.read(item):
-            for stage, spec in zip(stages, plan.stages):
-                table = _in_batches(stage, table, spec.batch_size)
-            pending.append(table)
-            rows += table.num_rows
-            if plan.rows_per_write is None or rows >= plan.rows_per_write:
-                records += plan.sink.write(pending)
-                pending, rows = [], 0
-    if pending:
-        records += plan.sink.write(pending)
+    with _progress(plan) as bar:
+        for item in plan.items:
+            for table in plan.read(item):
+                n_in = table.num_rows
+                for stage, spec in zip(stages, plan.stages):
+                    table = _in_batches(stage, table, spec.batch_size)
+                if bar is not None:
+                    bar.update(n_in)
+                pending.append(table)
+                rows += table.num_rows
+                if plan.rows_per_write is None or rows >= plan.rows_per_write:
+                    records += plan.sink.write(pending)
+                    pending, rows = [], 0
+        if pending:
+            records += plan.sink.write(pending)
     return records
 
 
@@ -92,11 +112,16 @@ def dataset(items: list, read: Callable[[Any], Iterator[pa.Table]], *,
     return ray.data.read_datasource(_item_source(items, read, schema), num_cpus=read_cpus)
 
 
-def _apply_stages(ds, stages: Sequence[Stage]):
+def _apply_stages(ds, stages: Sequence[Stage], counter=None):
+    """The stages as actor pools; with ``counter``, the first stage's actors report the rows
+    they took in (fire-and-forget calls to the counter actor)."""
     from ray.data import ActorPoolStrategy
 
-    for s in stages:
-        ds = ds.map_batches(s.cls, fn_constructor_args=s.args, fn_constructor_kwargs=s.kwargs,
+    for i, s in enumerate(stages):
+        cls, args, kwargs = s.cls, s.args, s.kwargs
+        if counter is not None and i == 0:
+            cls, args, kwargs = _Counted, (counter, s.cls, s.args, s.kwargs), {}
+        ds = ds.map_batches(cls, fn_constructor_args=args, fn_constructor_kwargs=kwargs,
                             batch_size=s.batch_size, batch_format="pyarrow",
                             compute=ActorPoolStrategy(min_size=s.min_actors,
                                                       max_size=s.max_actors),
@@ -104,10 +129,70 @@ def _apply_stages(ds, stages: Sequence[Stage]):
     return ds
 
 
+class _Counted:
+    """A stage that reports how many rows it received to a counter actor."""
+
+    def __init__(self, counter, cls, args, kwargs):
+        self.counter, self.inner = counter, cls(*args, **kwargs)
+
+    def __call__(self, batch):
+        out = self.inner(batch)
+        self.counter.add.remote(batch.num_rows)
+        return out
+
+
+class _RowCounter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def get(self) -> int:
+        return self.n
+
+
 def run_ray(plan: Plan) -> list[dict]:
-    ds = _apply_stages(dataset(plan.items, plan.read, schema=plan.schema,
-                               read_cpus=plan.read_cpus), plan.stages)
-    return write(ds, plan.sink, rows_per_write=plan.rows_per_write)
+    import threading
+
+    import ray
+
+    with _progress(plan) as bar:
+        counter = None if bar is None else ray.remote(num_cpus=0)(_RowCounter).remote()
+        ds = _apply_stages(dataset(plan.items, plan.read, schema=plan.schema,
+                                   read_cpus=plan.read_cpus), plan.stages, counter)
+        if bar is None:
+            return write(ds, plan.sink, rows_per_write=plan.rows_per_write)
+        stop = threading.Event()
+        seen = [0]
+
+        def poll() -> None:
+            try:
+                n = ray.get(counter.get.remote(), timeout=10)
+            except Exception:  # a slow answer skips one update, nothing more
+                return
+            bar.update(n - seen[0])
+            seen[0] = n
+
+        def watch() -> None:
+            while not stop.wait(1.0):
+                poll()
+
+        watcher = threading.Thread(target=watch, name="xner-progress", daemon=True)
+        watcher.start()
+        try:
+            records = write(ds, plan.sink, rows_per_write=plan.rows_per_write)
+        finally:
+            stop.set()
+            watcher.join(timeout=15)
+        for _ in range(10):  # the last counts: the stages finished before the writes did,
+            before = seen[0]    # and their reports may still be on the way
+            poll()
+            if seen[0] == before:
+                break
+            stop.wait(0.2)
+        ray.kill(counter)
+        return records
 
 
 def write(ds, sink, *, rows_per_write: Optional[int] = None, num_cpus: float = 0.1) -> list[dict]:

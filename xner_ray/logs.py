@@ -17,8 +17,11 @@ Progress, two ways:
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import os
+import re
 import sys
 import time
 from typing import IO, Any, Optional
@@ -234,7 +237,15 @@ _FILTERS = {
                                                         "Execution plan of Dataset",
                                                         "execution finished in"),
     # the per-write summary of a Ray Data sink (the store logs its own commit line)
-    "ray.data.dataset": ("Data sink %s finished",),
+    "ray.data.dataset": ("Data sink %s finished", "Tip: Use `take_batch()`"),
+    # Ray Train's worker-group bookkeeping, per training run (~6 lines each; the project's
+    # epoch lines say what matters). "Requesting resources" stays: on an autoscaling cluster
+    # it is the line that says what a waiting job waits for.
+    "ray.train.v2._internal.execution.worker_group.worker_group": (
+        "Attempting to start training worker group", "Started training worker group"),
+    "ray.train.v2._internal.execution.storage": ("Checkpoint successfully created",),
+    "ray.train.v2.torch.train_loop_utils": ("Moving model to device",),
+    "ray.train.torch.config": ("Setting up process group",),
     # Ray Train asks Ray's autoscaler for its workers' resources; a private local cluster has
     # no autoscaler, and on a busy machine the request times out with a 20-line traceback
     # (Ray: "safe to ignore" when the CPU is overloaded)
@@ -311,3 +322,50 @@ def quiet_ray_data() -> None:
     if high_memory is not None:
         high_memory.detection_time_interval_s = -1
     filter_ray_messages()
+
+
+# --- whose lines are these? (the demo's log-share measure, benchmarks/demo_log.py) ----------
+# ``HH:MM:SS LEVEL name: message`` from this handler, optionally behind Ray's forwarding prefix
+# ``(RayTrainWorker pid=123) `` / ``(pid=123, ip=10.0.0.1) ``; ``name`` is ours when it is one
+# of the package's modules (shown without the ``xner_ray.`` prefix).
+_LINE = re.compile(r"^(?:\([^)]*\) )?(\d\d:\d\d:\d\d) (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+                   r"([\w.]+): ")
+
+
+@functools.lru_cache(maxsize=1)
+def _own_modules() -> frozenset:
+    import pkgutil
+
+    import xner_ray
+
+    return frozenset({m.name for m in pkgutil.iter_modules(xner_ray.__path__)}
+                     | {PROJECT, "progress"})
+# plain lines the project prints on purpose: job summaries (``[job] ...``, ``[advpicker] ...``)
+# and the final JSON of a command
+_PRINTED = re.compile(r"^(?:\([^)]*\) )?(\[(job|label|train|rikd|tsl|advpicker|project|"
+                      r"calibrenet|calibrate|xner)\b[^\]]*\]|\{\s*\")")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its forwarding prefixes
+
+
+def is_own_line(line: str) -> bool:
+    """Whether a console line is one of the project's messages (not Ray's, not a library's)."""
+    line = _ANSI.sub("", line)
+    m = _LINE.match(line)
+    if m:
+        return m.group(3).split(".", 1)[0] in _own_modules()
+    return bool(_PRINTED.match(line))
+
+
+def log_share(text: str) -> dict:
+    """Lines of a log, the project's own among them, their share, and the most frequent other
+    lines (digits masked, so a repeated message counts as one kind)."""
+    lines = [l for l in text.splitlines() if l.strip()]
+    own = [l for l in lines if is_own_line(l)]
+    others = collections.Counter(re.sub(r"\d+", "N", _ANSI.sub("", l))[:120]
+                                 for l in lines if not is_own_line(l))
+    return {"lines": len(lines), "own": len(own),
+            "share": round(len(own) / len(lines), 4) if lines else None,
+            "state_api_warnings": sum(STATE_API_WARNING in l for l in lines),
+            "top_other": others.most_common(10)}

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 from xner_ray.io.conll import read_conll
 from xner_ray.io.files import (
-    PathSpecs, ReadStats, expand_paths, iter_lines, strip_compression_ext,
+    PathSpecs, ReadStats, expand_paths, iter_lines, open_binary, strip_compression_ext,
 )
 from xner_ray.records import (
     BAD_JSON, DEFAULT_MAX_WORDS, EMPTY_SENTENCE, INVALID_UTF8, MALFORMED_LINE, TOO_LONG, Reject,
@@ -246,6 +246,23 @@ def detect_format(path: str) -> str:
     if name.endswith((".conll", ".bio")):
         return "conll"
     return "conll" if _looks_like_conll(path) else "text"
+
+
+def count_records(path: str, fmt: str = "auto") -> int:
+    """Sentences in one file as :func:`read_unlabeled` would see them before any check: CoNLL
+    blocks, or non-blank lines of text and JSONL. A fast count for progress totals (nothing is
+    decoded; a rejected sentence is still counted)."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    n, inside = 0, False
+    with open_binary(path) as handle:
+        for line in handle:
+            blank = not line.strip()
+            if fmt == "conll":
+                n += not blank and not inside
+                inside = not blank
+            else:
+                n += not blank
+    return n
 
 
 def read_unlabeled(path_spec: PathSpecs, *, lang: str, fmt: str = "auto",

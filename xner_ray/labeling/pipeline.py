@@ -192,9 +192,31 @@ def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> "engine.Plan":
                      num_cpus=LIGHT_CPUS),
     ]
     read = partial(_read_item, max_words=cfg.max_words, rows=cfg.block_rows, rejects=rejects)
+    langs = ",".join(sorted({spec.lang for _, spec in inputs}))
     return engine.Plan(items=inputs, read=read, stages=stages, sink=sink,
                        schema=SENTENCE_COLUMNS, rows_per_write=cfg.rows_per_file, name="label",
-                       read_cpus=LIGHT_CPUS)
+                       read_cpus=LIGHT_CPUS, progress=f"[label] {langs} round {cfg.round}",
+                       unit="sentences", total=expected_sentences(inputs))
+
+
+# Inputs up to this size are counted before labeling, for the progress bar's total and ETA.
+COUNT_LIMIT_BYTES = 1 << 30
+
+
+def expected_sentences(inputs: list) -> Optional[int]:
+    """Sentences in the local input files (a fast count; rejects included), or None when an
+    input is on object storage or the inputs are over ``COUNT_LIMIT_BYTES`` together: the
+    progress then shows count and rate without an ETA."""
+    import os
+
+    from xner_ray.io.text import count_records
+    from xner_ray.io.uri import is_uri
+
+    if any(is_uri(p) for p, _ in inputs):
+        return None
+    if sum(os.path.getsize(p) for p, _ in inputs) > COUNT_LIMIT_BYTES:
+        return None
+    return sum(count_records(p, spec.fmt) for p, spec in inputs)
 
 
 def _read_item(item, *, max_words: int, rows: int, rejects):

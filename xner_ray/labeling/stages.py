@@ -9,7 +9,6 @@ tensor extension type, which DuckDB cannot read). Each can be tried on a literal
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -347,10 +346,7 @@ class TeacherStage:
         lang["cnt"][j].index_add_(0, sent, cnt)
 
     def __call__(self, batch: Batch) -> pa.Table:
-        import torch
 
-        from xner_ray.labeling import decode
-        from xner_ray.scores import batch_lang_score
 
         table = _table(batch)
         ids_flat, ids_off = flat_list(table.column("input_ids"))

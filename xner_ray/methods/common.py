@@ -8,7 +8,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
+
+from xner_ray.io import uri
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ def check_label_knobs(label: dict) -> None:
 class JobConfig:
     """Keys every distillation job shares (YAML/JSON keys)."""
 
+    REMOTE_OUT: ClassVar[bool] = False  # True: ``out`` may be a URI (models published there)
+
     run_id: str = field(metadata={"help": "run id in the store (the resume key)"})
     store: str = field(metadata={"help": "store root"})
     out: str = field(metadata={"help": "output folder: students, results.json"})
@@ -83,7 +87,18 @@ class JobConfig:
         # node, another working directory) must read the same path the config meant.
         self.store, self.out, self.source_dev = (absolute(self.store), absolute(self.out),
                                                  absolute(self.source_dev))
-        student_config(Path(self.out), self.student)  # validate now, not in round 2
+        if not self.REMOTE_OUT:
+            refuse_uri_out(self.out)
+        student_config(self.out, self.student)  # validate now, not in round 2
+
+
+def refuse_uri_out(out: Optional[str]) -> None:
+    """A job that writes ``out`` as local files refuses a URI there (rather than writing to a
+    local folder named ``s3:``)."""
+    if out and uri.is_uri(out):
+        raise ValueError(f"out: {out} is a URI; this job writes its outputs to a local or "
+                         "shared (NFS) folder -- only the RIKD job publishes students to object "
+                         "storage so far (the store can be a URI for every job)")
 
 
 def absolute(path: Optional[str], *, only_existing: bool = False) -> Optional[str]:
@@ -105,16 +120,16 @@ def ensure_teacher(model: Optional[str], train: Optional[dict]) -> str:
 
     if train:
         cfg = config_mod.build(TeacherConfig, train)
-        if (Path(cfg.out) / "train_summary.json").exists():
+        if uri.exists(uri.join(cfg.out, "train_summary.json")):
             print(f"[job] teacher {cfg.out}: trained already, reused", flush=True)
-            return str(Path(cfg.out))
+            return str(cfg.out)
         return str(train_teacher(cfg))
     if not model:
         raise ValueError("give a trained teacher (`teacher:` path) or `train_teacher:` settings")
     return model
 
 
-def student_config(out: Path, student: dict):
+def student_config(out: Path | str, student: dict):
     """A TrainConfig for one student from the job's `student:` block over the papers' defaults."""
     from xner_ray import config as config_mod
     from xner_ray.train.loop import TrainConfig
@@ -122,7 +137,7 @@ def student_config(out: Path, student: dict):
     return config_mod.build(TrainConfig, {**STUDENT_DEFAULTS, **(student or {}), "out": str(out)})
 
 
-def target_scores(model_dir: Path, target: TargetSpec) -> Optional[dict]:
+def target_scores(model_dir: Path | str, target: TargetSpec) -> Optional[dict]:
     """Entity P/R/F1 on the target dev file, for the report only."""
     if not target.dev:
         return None
@@ -134,11 +149,13 @@ def target_scores(model_dir: Path, target: TargetSpec) -> Optional[dict]:
         "per_type": {t: round(v["f1"], 6) for t, v in sorted(r["per_type"].items())}}
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+def write_json(path: Path | str, data: Any) -> None:
+    """A JSON file written atomically, at a local path or a URI."""
+    uri.write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def read_json(path: Path | str) -> Any:
+    return json.loads(uri.read_text(path))
 
 
 def run_recorded(cfg: JobConfig, job: str, body: Callable[[Any], dict]) -> dict:
@@ -153,6 +170,6 @@ def run_recorded(cfg: JobConfig, job: str, body: Callable[[Any], dict]) -> dict:
     except BaseException:
         store.update_run(cfg.run_id, status="failed")
         raise
-    write_json(Path(cfg.out) / "results.json", results)
+    write_json(uri.join(cfg.out, "results.json"), results)
     store.update_run(cfg.run_id, status="succeeded")
     return results

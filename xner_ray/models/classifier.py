@@ -21,12 +21,20 @@ IGNORE_INDEX = -100  # ignored by torch's cross-entropy; run_ner's convention
 
 
 def resolve(name_or_path: str) -> str:
-    """``builtin:me5-small`` -> local converted folder; anything else unchanged."""
-    if not str(name_or_path).startswith("builtin:"):
-        return str(name_or_path)
-    from xner_ray.models.builtin import resolve_model
+    """A local folder for a model name: ``builtin:me5-small`` -> its converted folder; a URI
+    (``s3://...``) -> this node's cached copy (``models.cache``); anything else unchanged."""
+    s = str(name_or_path)
+    if s.startswith("builtin:"):
+        from xner_ray.models.builtin import resolve_model
 
-    return resolve_model(name_or_path)
+        return resolve_model(s)
+    from xner_ray.io.uri import is_uri, local_path
+
+    if is_uri(s):
+        from xner_ray.models.cache import fetch_model
+
+        return str(fetch_model(s))
+    return local_path(s)
 
 
 def quiet_transformers() -> None:

@@ -66,7 +66,9 @@ def load_discriminator(folder: str | Path) -> LanguageDiscriminator:
     """The discriminator saved next to a TLADV teacher (safetensors only)."""
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    from xner_ray.models.classifier import resolve
+
+    folder = Path(resolve(str(folder)))  # a URI: this node's cached copy
     if not has_discriminator(folder):
         raise ValueError(f"{folder} holds no language discriminator ({DISCRIMINATOR_WEIGHTS} + "
                          f"{DISCRIMINATOR_CONFIG}): train it with TLADV (jobs/advpicker.py)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import posixpath
 import shutil
 import tempfile
 import time
@@ -86,19 +87,24 @@ def read_labeled(spec: str, what: str, label_map=None):
     return sents, rejects
 
 
-def write_rejects(path: Path, rejects) -> None:
+def write_rejects(path: str | Path, rejects) -> None:
+    """The rejected training lines as JSONL (a local path or a URI); nothing when none."""
     if not rejects:
         return
-    with path.open("w", encoding="utf-8") as f:
-        for r in rejects:
-            f.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")
+    from xner_ray.io.uri import write_text
+
+    write_text(path, "".join(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n"
+                             for r in rejects))
 
 
 def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n_train: int,
         dev, name: str, extra_summary: Optional[dict] = None,
         step_args: Optional[dict] = None, artifacts_dir: Optional[str] = None,
-        loop=None, extra_datasets: Optional[dict] = None) -> Path:
+        loop=None, extra_datasets: Optional[dict] = None) -> Path | str:
     """Run ``TorchTrainer`` with the shared loop; copy the best checkpoint to ``cfg.out``.
+
+    ``cfg.out`` is a local folder (returned as a ``Path``) or a URI (``s3://...``, returned as
+    given): workers on any node then load it through their node's model cache.
 
     ``step``: the step class the loop builds on each worker as ``step(ctx, **step_args)``
     (``steps.CEStep`` on gold ``tags``, ``steps.KDStep`` on teacher ``probs`` + ``weight``, or a
@@ -121,8 +127,15 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
         raise RuntimeError("connect to Ray first (xner_ray.cluster.init_ray)")
     if cfg.dev_limit:
         dev = dev[: cfg.dev_limit]
-    out = Path(cfg.out).resolve()
+    from xner_ray.io import uri as U
+
+    remote = U.is_uri(cfg.out)
+    # a URI ``out``: the folder is assembled locally, then uploaded (model files first, the
+    # summary last: a folder with ``train_summary.json`` is complete)
+    out = Path(tempfile.mkdtemp(prefix="xner-publish-")) if remote else Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    default_ckpt = (posixpath.join(posixpath.dirname(cfg.out.rstrip("/")), "_checkpoints")
+                    if remote else str(out.parent / "_checkpoints"))
     resolve(cfg.model)  # convert a builtin model once here, not in every worker
     res = derive_workers(cfg.num_workers, cfg.use_gpu)
     # Per-epoch lines from rank 0 are the progress of a training run; Ray Data's ingest bars
@@ -140,7 +153,7 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
             resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=cfg.checkpoints or str(out.parent / "_checkpoints"),
+            storage_path=cfg.checkpoints or default_ckpt,
             # worker-group set-up and checkpoint bookkeeping stay in Ray's log files
             **_train_logging(),
             checkpoint_config=ray.train.CheckpointConfig(
@@ -161,11 +174,17 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
     summary = dict(config=dataclasses.asdict(cfg), labels=labels, best=best,
                    workers=dataclasses.asdict(res), seconds=round(time.time() - started, 1),
                    n_train=n_train, n_dev=len(dev), **(extra_summary or {}))
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "README.md").write_text(model_card(name, summary, step))
+    if remote:
+        U.upload_dir(out, cfg.out)
+        U.write_text(U.join(cfg.out, "train_summary.json"),
+                     json.dumps(summary, indent=2, default=str))
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     logger.info("%s: best epoch %s dev F1 %.4f -> %s", name, best.get("epoch"),
-                   best["dev_f1"], out)
-    return out
+                best["dev_f1"], cfg.out if remote else out)
+    return cfg.out if remote else out
 
 
 def _train_logging() -> dict:

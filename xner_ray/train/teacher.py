@@ -48,13 +48,14 @@ def read_train_dev(cfg: TeacherConfig):
     return train, train_rej, dev, dev_rej, labels
 
 
-def train_teacher(cfg: TeacherConfig) -> Path:
+def train_teacher(cfg: TeacherConfig) -> Path | str:
     """Train, select on dev, and leave the best checkpoint in ``cfg.out``; returns that path."""
     import ray
 
     train, train_rej, dev, dev_rej, labels = read_train_dev(cfg)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    write_rejects(Path(cfg.out) / "rejects.jsonl", [*train_rej, *dev_rej])
+    from xner_ray.io.uri import join
+
+    write_rejects(join(cfg.out, "rejects.jsonl"), [*train_rej, *dev_rej])
     ds = ray.data.from_items([{"tokens": s.tokens, "tags": s.tags} for s in train])
     from xner_ray.train.steps import CEStep
 

@@ -24,7 +24,6 @@ and the labeling pipeline load it like any teacher) plus ``discriminator.safeten
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import tempfile

@@ -133,6 +133,9 @@ class CalibrenetConfig:
             raise error(str(exc)) from exc
 
     def _check(self) -> None:
+        from xner_ray.methods.common import refuse_uri_out
+
+        refuse_uri_out(self.out)
         self.targets = parse_targets(self.targets)
         check_label_knobs(self.label)
         if not self.teacher and not self.train_teacher:

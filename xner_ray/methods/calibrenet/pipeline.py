@@ -107,7 +107,8 @@ def build_plan(run: CalibrationRun, items: list[tuple[str, str, str]], sink):
                          num_gpus=res["num_gpus"], min_actors=res["concurrency"],
                          max_actors=res["concurrency"])
     return engine.Plan(items=items, read=partial(read_pair, rows=run.block_rows),
-                       stages=[stage], sink=sink, name="calibrate")
+                       stages=[stage], sink=sink, name="calibrate", progress="[calibrate]",
+                       unit="sentences")
 
 
 def calibrate_rounds(run: CalibrationRun, store, rounds: dict) -> dict[str, int]:

@@ -91,6 +91,9 @@ class ProjectConfig:
         from xner_ray.methods.projection.aligner import METHODS
         from xner_ray.methods.projection.pipeline import KNOBS
 
+        from xner_ray.methods.common import refuse_uri_out
+
+        refuse_uri_out(self.out)
         self.corpora = parse_corpora(self.corpora)
         if self.aligner not in ALIGNERS:
             raise ValueError(f"aligner must be one of {ALIGNERS}, got {self.aligner!r}")

@@ -123,7 +123,9 @@ def build_plan(cfg: ProjectionConfig, corpora: list[ParallelSpec], sink, rejects
                    with_links=False, rejects=rejects)
     return engine.Plan(items=list(corpora), read=read, stages=stages, sink=sink,
                        schema=PAIR_COLUMNS, rows_per_write=cfg.rows_per_file, name="project",
-                       read_cpus=LIGHT_CPUS)
+                       read_cpus=LIGHT_CPUS, progress="[project] " + ",".join(
+                           sorted({c.lang for c in corpora})),
+                       unit="pairs")
 
 
 @dataclass

@@ -17,10 +17,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
-from xner_ray.methods.common import (JobConfig, TargetSpec, absolute, ensure_teacher,
+from xner_ray.io import uri
+from xner_ray.methods.common import (JobConfig, TargetSpec, absolute, ensure_teacher, read_json,
                                      run_recorded, student_config, target_scores, write_json)
 
 SELECTOR_ID = "rikd_policy.v1"
@@ -29,7 +29,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class RikdConfig(JobConfig):
-    """RIKD job settings (YAML/JSON keys); students land in ``out/<lang>/round<k>``."""
+    """RIKD job settings (YAML/JSON keys); students land in ``out/<lang>/round<k>``, a local
+    folder or a URI (``out: s3://bucket/run``): each round's teacher is then read back from
+    there through every node's model cache."""
+
+    REMOTE_OUT: ClassVar[bool] = True
 
     teacher: Optional[str] = field(default=None, metadata={"help": "trained source teacher"})
     train_teacher: Optional[dict] = field(default=None,
@@ -75,8 +79,9 @@ def run_rikd(cfg: RikdConfig) -> dict:
     return run_recorded(cfg, "rikd" if cfg.reinforce else "ikd", body)
 
 
-def _student_dir(cfg: RikdConfig, lang: str, k: int) -> Path:
-    return Path(cfg.out) / lang / f"round{k}"
+def _student_dir(cfg: RikdConfig, lang: str, k: int) -> str:
+    """``out/<lang>/round<k>``: a local folder or a URI (``out: s3://...``)."""
+    return uri.join(cfg.out, lang, f"round{k}")
 
 
 def _run_language(cfg: RikdConfig, store, target: TargetSpec, teacher: str, dev) -> list[dict]:
@@ -84,17 +89,17 @@ def _run_language(cfg: RikdConfig, store, target: TargetSpec, teacher: str, dev)
     for k in range(cfg.rounds):
         student = _student_dir(cfg, target.lang, k)
         if store.is_complete(cfg.run_id, target.lang, k):
-            if not (student / "train_summary.json").exists():
+            if not uri.exists(uri.join(student, "train_summary.json")):
                 raise RuntimeError(f"round {k} of {cfg.run_id}/{target.lang} is committed but its "
                                    f"student {student} is missing; restore it or use a new run id")
             logger.info("%s round %d: complete, resumed from it", target.lang, k)
-            summary = json.loads((student / "round_summary.json").read_text())
+            summary = read_json(uri.join(student, "round_summary.json"))
             # a kill between the commit and update_run lost the round's metrics: write them
             store.update_run(cfg.run_id, round=k, metrics={target.lang: summary})
             summaries.append(summary)
         else:
             summaries.append(_run_round(cfg, store, target, teacher, k, dev))
-        teacher = str(student)
+        teacher = student
     return summaries
 
 
@@ -130,15 +135,15 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
                            selector_id=_selector_id(cfg.selector)),
             artifacts_dir=artifacts)
         policy = _add_decisions(store, r) if cfg.reinforce else {}
-        summary = {"round": k, "teacher": teacher, "student": str(student), "n_train": n,
+        summary = {"round": k, "teacher": teacher, "student": student, "n_train": n,
                    **policy, "target_dev": target_scores(student, target),
-                   "source_dev_f1": json.loads((student / "train_summary.json").read_text())
+                   "source_dev_f1": read_json(uri.join(student, "train_summary.json"))
                    ["best"]["dev_f1"],
                    # wall time of this round (labeling, training, evaluation) when it ran; a
                    # resumed round keeps it, so callers can total a run's time across resumes
                    "seconds": round(time.monotonic() - t0, 1)}
         r.meta["rikd"] = summary
-        write_json(student / "round_summary.json", summary)
+        write_json(uri.join(student, "round_summary.json"), summary)
     store.update_run(cfg.run_id, round=k, metrics={target.lang: summary})
     dev_f1 = (summary["target_dev"] or {}).get("f1")
     logger.info("%s round %d: source dev F1 %.4f%s", target.lang, k, summary["source_dev_f1"],
