@@ -214,3 +214,39 @@ def test_report_calibration_section(tmp_path):
     assert "super after: 0" in page and "super before: 1" in page
     empty = report.build_report(build_store(tmp_path / "plain"))
     assert "no calibrations in the store" in empty
+
+
+# -- students on calibrated pseudo-labels (RIKD / TSL / AdvPicker `calibrator:`) ------------------
+@pytest.mark.slow
+def test_rikd_round_learns_calibrated_pseudo_labels(ray_cluster, tiny_teacher_dir, tiny_model_dir,
+                                                    calibrator, tmp_path):
+    """A RIKD round with a calibrator: the round is labeled, calibrated (committed together)
+    and its student trained on the calibrated tags -- a combination no paper has."""
+    from tests.test_rikd import _config, _rikd_main
+    from xner_ray.sqlshell import connect
+    from xner_ray.store import Store
+
+    config = _config(tmp_path, tiny_teacher_dir, tiny_model_dir, rounds=1, reinforce=False,
+                     calibrator=calibrator, calibration={"block_rows": 100, "max_length": 128})
+    assert _rikd_main(["--config", config]) == 0
+    m = Store(tmp_path / "store").manifest("r1", "de", 0)
+    assert m["tables"]["calibrations"]["rows"] == 300 and m["meta"]["calibrator"] == calibrator
+    changed = connect(tmp_path / "store").execute(
+        "SELECT count(*) FROM calibrations WHERE n_changed > 0").fetchone()[0]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["de"][0]["calibrated"] == 300 and changed >= 0
+    assert (tmp_path / "out" / "de" / "round0" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"calibration": {"block_rows": 10}}, "without a `calibrator`"),
+    ({"calibrator": "/x", "calibration": {"rows": 10}}, "unknown calibration keys"),
+])
+def test_calibrated_students_config_checks(tmp_path, extra, message):
+    from tests.test_rikd import _config
+    from xner_ray import config as config_mod
+    from xner_ray.methods.rikd.job import RikdConfig
+
+    cfg = yaml.safe_load(open(_config(tmp_path, "/t", "/m", **extra)))
+    with pytest.raises(ValueError, match=message):
+        config_mod.build(RikdConfig, cfg)

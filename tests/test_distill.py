@@ -98,3 +98,52 @@ def test_training_pairs_are_read_side_by_side_and_filtered(tmp_path):
         list(read_training_pair((str(tmp_path / "s2.parquet"), pair[1])))
     with pytest.raises(ValueError, match="has no sentences file of the same name"):
         file_pairs({"sentences": ["a/part-1.parquet"], "pseudo_labels": ["b/part-2.parquet"]})
+
+
+def test_calibrated_probs_one_hot_where_the_calibration_changed_the_tag():
+    from xner_ray.train.distill import calibrated_probs
+
+    labels = ["O", "B-PER", "I-PER"]
+    probs = [[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.5, 0.1, 0.4]]
+    # word 0 unchanged (O is its argmax), word 1 unchanged, word 2 extended into the span
+    out = calibrated_probs(probs, ["O", "B-PER", "I-PER"], labels)
+    assert out == [[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.0, 0.0, 1.0]]
+    # a span the calibration dropped: both words become O, one-hot
+    assert calibrated_probs(probs[1:], ["O", "O"], labels) == [[1.0, 0.0, 0.0], [0.5, 0.1, 0.4]]
+    with pytest.raises(ValueError, match="not in the round's labels"):
+        calibrated_probs(probs, ["O", "B-LOC", "O"], labels)
+    with pytest.raises(ValueError, match="2 calibrated tags for 3 words"):
+        calibrated_probs(probs, ["O", "O"], labels)
+
+
+def test_training_rows_take_the_calibrated_tags_of_changed_sentences(tmp_path):
+    """A read task with the round's calibrations: sentences the calibration changed learn the
+    calibrated tags; unchanged ones (and rows of other files) keep the teacher's labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xner_ray.train.distill import read_training_pair
+
+    labels = ["O", "B-PER", "I-PER"]
+    pq.write_table(pa.table({"sent_id": ["a", "b"], "tokens": [["Ann", "Lee"], ["hi"]]}),
+                   tmp_path / "se.parquet")
+    probs = [[[0.2, 0.7, 0.1], [0.6, 0.1, 0.3]], [[0.9, 0.05, 0.05]]]
+    pq.write_table(pa.table({"sent_id": ["a", "b"],
+                             "probs": pa.array(probs, pa.list_(pa.list_(pa.float16()))),
+                             "selected": [True, True], "weight": [1.0, 1.0]}),
+                   tmp_path / "pl.parquet")
+    calib = pa.table({"sent_id": ["a", "b", "zz"],
+                      "calib_tags": [["B-PER", "I-PER"], ["O"], ["O"]],
+                      "n_changed": pa.array([1, 0, 1], pa.int32())})
+    pq.write_table(calib.slice(0, 2), tmp_path / "c1.parquet")
+    pq.write_table(calib.slice(2), tmp_path / "c2.parquet")
+    item = (str(tmp_path / "se.parquet"), str(tmp_path / "pl.parquet"))
+    plain = pa.concat_tables(read_training_pair(item))
+    got = pa.concat_tables(read_training_pair(
+        item, calibrations=[str(tmp_path / "c1.parquet"), str(tmp_path / "c2.parquet")],
+        labels=labels))
+    assert got.column("sent_id").to_pylist() == ["a", "b"]
+    a, b = got.column("probs").to_pylist()
+    assert a[0] == pytest.approx([0.2, 0.7, 0.1], abs=1e-3) and a[1] == [0.0, 0.0, 1.0]
+    assert b == plain.column("probs").to_pylist()[1]  # n_changed 0: the teacher's labels
+    assert got.column("probs").type == pa.list_(pa.list_(pa.float32()))

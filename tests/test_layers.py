@@ -7,7 +7,8 @@ from a layer above. Siblings on one line (``a | b``) are independent: neither im
     jobs | demo
     report
     sqlshell
-    methods.tsl | methods.rikd | methods.advpicker | methods.projection | methods.calibrenet
+    methods.tsl | methods.rikd | methods.advpicker | methods.projection
+    methods.calibrenet (a refinement stage the distillation methods can run on their rounds)
     methods.common
     labeling | train
     evaluate
@@ -31,8 +32,8 @@ LAYERS = [
     ["jobs", "demo"],
     ["report"],
     ["sqlshell"],
-    ["methods.tsl", "methods.rikd", "methods.advpicker", "methods.projection",
-     "methods.calibrenet"],
+    ["methods.tsl", "methods.rikd", "methods.advpicker", "methods.projection"],
+    ["methods.calibrenet"],
     ["methods.common"],
     ["labeling", "train"],
     ["evaluate"],

@@ -77,6 +77,13 @@ class JobConfig:
                           metadata={"help": "student TrainConfig keys over the papers' defaults"})
     label: dict = field(default_factory=dict,
                         metadata={"help": f"labeling knobs: {', '.join(LABEL_KNOBS)}"})
+    calibrator: Optional[str] = field(default=None, metadata={
+        "help": "trained CalibreNet folder (jobs/calibrenet.py): every round's pseudo-labels "
+                "are calibrated before the student learns them; the round's `calibrations` "
+                "table keeps both"})
+    calibration: dict = field(default_factory=dict, metadata={
+        "help": "calibration knobs: batch_size, block_rows, max_length, num_actors, use_gpu, "
+                "threads"})
 
     def __post_init__(self) -> None:
         self.targets = [dataclasses.replace(t, unlabeled=absolute(t.unlabeled),
@@ -89,6 +96,9 @@ class JobConfig:
                                                  absolute(self.source_dev))
         if not self.REMOTE_OUT:
             refuse_uri_out(self.out)
+        self.calibrator = absolute(self.calibrator, only_existing=True)
+        if self.calibration and not self.calibrator:
+            raise ValueError("calibration: knobs given without a `calibrator`")
         student_config(self.out, self.student)  # validate now, not in round 2
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional, Sequence
 
 from xner_ray.train.loop import TrainConfig, fit, read_labeled
 
@@ -29,6 +30,9 @@ class DistillConfig(TrainConfig):
     dev: str = field(metadata={"help": "SOURCE-language dev CoNLL file (model selection)"})
     round: int = field(default=0, metadata={"help": "round of the pseudo-labels"})
     selected_only: bool = field(default=True, metadata={"help": "train on selected rows only"})
+    calibrated: bool = field(default=False, metadata={
+        "help": "learn the round's calibrated tags (its `calibrations` table, CalibreNet): a "
+                "word whose tag the calibration changed gets a one-hot target"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,21 +82,70 @@ def round_selector(meta: dict):
 
 
 def training_dataset(store, pairs: list[tuple[str, str]], *, selector=None,
-                     selected_only: bool = True):
-    """A Ray dataset of (sent_id, tokens, probs, weight) read by tasks from the file pairs."""
+                     selected_only: bool = True, calibrations: Optional[list[str]] = None,
+                     labels: Optional[list[str]] = None):
+    """A Ray dataset of (sent_id, tokens, probs, weight) read by tasks from the file pairs.
+
+    ``calibrations``: the round's ``calibrations`` files (with ``labels``, the round's label
+    set): the students then learn the calibrated tags (:func:`calibrated_probs`)."""
     from functools import partial
 
     from xner_ray import engine
 
     if not pairs:
         raise ValueError("the round has no pseudo-labels")
+    if calibrations is not None and not labels:
+        raise ValueError("calibrated training needs the round's labels")
     items = [(store.to_uri(a), store.to_uri(b)) for a, b in pairs]
+    calib = None if calibrations is None else [store.to_uri(c) for c in calibrations]
     return engine.dataset(items, partial(read_training_pair, selector=selector,
-                                         selected_only=selected_only))
+                                         selected_only=selected_only, calibrations=calib,
+                                         labels=labels))
 
 
-def read_training_pair(item: tuple[str, str], *, selector=None, selected_only: bool = True):
-    """One read task: the training rows of a (sentences, pseudo_labels) file pair."""
+def calibrated_probs(probs: list, tags: Sequence[str], labels: Sequence[str]) -> list:
+    """A sentence's soft labels after calibration: every word whose calibrated tag is not the
+    teacher's most probable label gets a one-hot target on the calibrated tag; the others keep
+    the teacher's distribution. CalibreNet (Sec. 3.1) outputs hard spans, not a distribution:
+    this is how its corrections enter the soft-label losses (TSL Eq. 3, RIKD Eq. 1) -- our
+    combination, no paper trains a student on calibrated pseudo-labels."""
+    index = {l: i for i, l in enumerate(labels)}
+    if len(tags) != len(probs):
+        raise ValueError(f"{len(tags)} calibrated tags for {len(probs)} words")
+    out = []
+    for p, tag in zip(probs, tags):
+        i = index.get(tag)
+        if i is None:
+            raise ValueError(f"calibrated tag {tag!r} is not in the round's labels {labels}")
+        if max(range(len(p)), key=p.__getitem__) == i:
+            out.append(p)
+        else:
+            out.append([1.0 if k == i else 0.0 for k in range(len(p))])
+    return out
+
+
+def _changed_calibrations(uris: list[str], sent_ids) -> dict:
+    """sent_id -> calibrated tags, for the sentences of ``sent_ids`` the calibration changed
+    (``n_changed > 0``; the others keep the teacher's labels as they are)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from xner_ray.store.sink import split_uri
+
+    fs, _ = split_uri(uris[0])
+    paths = [split_uri(u)[1] for u in uris]
+    ds = pads.dataset(paths, filesystem=fs, format="parquet")
+    wanted = pc.field("n_changed") > 0
+    table = ds.to_table(columns=["sent_id", "calib_tags"], filter=wanted)
+    table = table.filter(pc.is_in(table.column("sent_id"), value_set=sent_ids))
+    return dict(zip(table.column("sent_id").to_pylist(), table.column("calib_tags").to_pylist()))
+
+
+def read_training_pair(item: tuple[str, str], *, selector=None, selected_only: bool = True,
+                       calibrations: Optional[list[str]] = None,
+                       labels: Optional[list[str]] = None):
+    """One read task: the training rows of a (sentences, pseudo_labels) file pair, with the
+    calibrated tags of ``calibrations`` applied when given."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -109,9 +162,18 @@ def read_training_pair(item: tuple[str, str], *, selector=None, selected_only: b
         raise ValueError(f"{item[0]} and {item[1]} do not hold the same sentences in order")
     if selector is not None:
         pl = selector(pl)
+    probs = pl.column("probs")
+    if calibrations:  # (float32 throughout, so every block of the dataset has one schema)
+        probs = probs.cast(pa.list_(pa.list_(pa.float32())))
+        changed = _changed_calibrations(calibrations, pl.column("sent_id"))
+        if changed:
+            rows = probs.to_pylist()
+            for k, sid in enumerate(pl.column("sent_id").to_pylist()):
+                if sid in changed:
+                    rows[k] = calibrated_probs(rows[k], changed[sid], labels)
+            probs = pa.array(rows, probs.type)
     table = pa.table({"sent_id": pl.column("sent_id"), "tokens": se.column("tokens"),
-                      "probs": pl.column("probs"),
-                      "weight": pl.column("weight").cast(pa.float32())})
+                      "probs": probs, "weight": pl.column("weight").cast(pa.float32())})
     if selected_only:
         keep = pc.and_(pl.column("selected"), pc.greater(pl.column("weight"), 0))
         table = table.filter(keep)
@@ -132,8 +194,15 @@ def distill(cfg: DistillConfig) -> Path:
     files = {t: [store.path(f) for f in v["files"]] for t, v in manifest["tables"].items()}
     selector = round_selector(manifest.get("meta", {}))
     counts = manifest.get("meta", {}).get("counts", {})
+    calibrations = None
+    if cfg.calibrated:
+        calibrations = files.get("calibrations")
+        if not calibrations:
+            raise ValueError(f"calibrated: true, but round {cfg.round} of {cfg.run_id}/{cfg.lang} "
+                             "has no calibrations (label it with a `calibrator`)")
     ds = training_dataset(store, file_pairs(files), selector=selector,
-                          selected_only=cfg.selected_only)
+                          selected_only=cfg.selected_only, calibrations=calibrations,
+                          labels=labels)
     n = (counts.get("selected") if cfg.selected_only else counts.get("sentences"))
     if n is None:
         n = ds.count()  # a round committed without counts: one distributed pass
@@ -146,4 +215,4 @@ def distill(cfg: DistillConfig) -> Path:
     return fit(cfg, step=KDStep, labels=labels, dataset=ds, n_train=n, dev=dev,
                name=f"student-{cfg.lang}",
                extra_summary={"source": {"run_id": cfg.run_id, "lang": cfg.lang,
-                                         "round": cfg.round}})
+                                         "round": cfg.round, "calibrated": cfg.calibrated}})

@@ -60,6 +60,9 @@ class AdvPickerConfig(JobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from xner_ray.methods.calibrenet.pipeline import calibration_run
+
+        calibration_run(self.calibrator or "<calibrator>", self.calibration)  # bad keys: now
         if bool(self.teachers) == bool(self.train_tladv):
             raise ValueError("give either `teachers` (trained TLADV folders) or `train_tladv`")
         if self.train_tladv is not None:
@@ -142,11 +145,12 @@ def label_config(cfg: AdvPickerConfig, teachers: list[str], targets: Sequence[Ta
 
 def label_targets(cfg: AdvPickerConfig, store, teachers: list[str]) -> None:
     """All targets in one Ray Data run (languages committed already are skipped)."""
-    from xner_ray.labeling.pipeline import label
+    from xner_ray.methods.calibrenet.pipeline import label_calibrated
 
     todo = [t for t in cfg.targets if not store.is_complete(cfg.run_id, t.lang, 0)]
     if todo:
-        label(label_config(cfg, teachers, todo), own_run=False)
+        label_calibrated(label_config(cfg, teachers, todo), store, cfg.calibrator,
+                         cfg.calibration)
 
 
 def _distill_target(cfg: AdvPickerConfig, store, teachers: list[str], target: TargetSpec) -> dict:
@@ -160,8 +164,10 @@ def _distill_target(cfg: AdvPickerConfig, store, teachers: list[str], target: Ta
     counts = store.manifest(cfg.run_id, target.lang, 0)["meta"]["counts"]
     base = dataclasses.asdict(student_config(student, cfg.student))
     distill(DistillConfig(**base, store=cfg.store, run_id=cfg.run_id, lang=target.lang, round=0,
-                          dev=cfg.source_dev, selected_only=True))
+                          dev=cfg.source_dev, selected_only=True,
+                          calibrated=bool(cfg.calibrator)))
     summary = {"teachers": teachers, "rho": cfg.rho, "combine": cfg.combine,
+               "calibrator": cfg.calibrator, "calibrated": counts.get("calibrated"),
                "sentences": counts["sentences"], "selected": counts["selected"],
                "kept_share": kept_share(counts),
                "student": str(student),

@@ -132,3 +132,35 @@ def calibrate_rounds(run: CalibrationRun, store, rounds: dict) -> dict[str, int]
         r.counts["calibrated"] = written[lang]
         logger.info("%s round %d: %d sentences calibrated", lang, r.round, written[lang])
     return written
+
+
+# the knobs a distillation job's ``calibration:`` block may set (CalibrationRun's fields but
+# the calibrator itself and the test-only ``local``)
+CALIBRATION_KNOBS = ("batch_size", "block_rows", "max_length", "num_actors", "use_gpu",
+                     "threads")
+
+
+def calibration_run(calibrator: str, knobs: Optional[dict] = None, *,
+                    local: bool = False) -> CalibrationRun:
+    unknown = sorted(set(knobs or {}) - set(CALIBRATION_KNOBS))
+    if unknown:
+        raise ValueError(f"unknown calibration keys {unknown}; valid: {list(CALIBRATION_KNOBS)}")
+    return CalibrationRun(calibrator=calibrator, local=local, **(knobs or {}))
+
+
+def label_calibrated(label_cfg, store, calibrator: Optional[str],
+                     knobs: Optional[dict] = None) -> dict:
+    """``labeling.pipeline.label(label_cfg, own_run=False)``, with -- when ``calibrator`` is
+    given -- the calibration pass inside each round, before its commit: the round's
+    ``calibrations`` commit with its pseudo-labels. Returns per-language counts."""
+    from xner_ray.labeling.pipeline import label, label_rounds
+
+    if not calibrator:
+        return label(label_cfg, own_run=False)
+    with label_rounds(label_cfg, store) as rounds:
+        calibrate_rounds(calibration_run(calibrator, knobs, local=label_cfg.local), store,
+                         rounds)
+        summary = {lang: dict(r.counts) for lang, r in rounds.items()}
+    if summary:
+        store.update_run(label_cfg.run_id, round=label_cfg.round, metrics=summary)
+    return summary

@@ -52,6 +52,9 @@ class RikdConfig(JobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from xner_ray.methods.calibrenet.pipeline import calibration_run
+
+        calibration_run(self.calibrator or "<calibrator>", self.calibration)  # bad keys: now
         from xner_ray.labeling.pipeline import check_selector
 
         check_selector(self.selector, self.lang_scorers)
@@ -106,6 +109,7 @@ def _run_language(cfg: RikdConfig, store, target: TargetSpec, teacher: str, dev)
 def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int, dev) -> dict:
     """Label with ``teacher``, train the round's student, add the policy's decisions, commit."""
     from xner_ray.labeling.pipeline import LabelConfig, label_rounds
+    from xner_ray.methods.calibrenet.pipeline import calibrate_rounds, calibration_run
     from xner_ray.methods.rikd.step import RikdStep
     from xner_ray.train.distill import training_dataset
     from xner_ray.train.loop import fit
@@ -122,11 +126,16 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
         n = r.counts["selected"]  # keep_all selects every row with weight 1
         if n == 0:
             raise ValueError(f"{target.lang} round {k}: no selected pseudo-labels to learn from")
+        if cfg.calibrator:  # the round's spans calibrated; they commit with the round
+            calibrate_rounds(calibration_run(cfg.calibrator, cfg.calibration,
+                                             local=label_cfg.local), store, rounds)
         # decisions go under this attempt's prefix: a resumed round never sees an older attempt's
         artifacts = store.to_uri(f"{r.prefix}/rikd") if cfg.reinforce else None
         train_cfg = student_config(student, cfg.student)
         fit(train_cfg, step=RikdStep if cfg.reinforce else KDStep,
-            labels=r.labels, dataset=training_dataset(store, r.pairs(), selector=r.selector),
+            labels=r.labels, dataset=training_dataset(
+                store, r.pairs(), selector=r.selector, labels=r.labels,
+                calibrations=r.files.get("calibrations", []) if cfg.calibrator else None),
             n_train=n, dev=dev, name=f"{cfg.run_id}-{target.lang}-round{k}",
             # each round builds a fresh policy; its seed differs per round, else every round
             # would draw the same keep/drop stream over the same batch positions
@@ -136,6 +145,7 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
             artifacts_dir=artifacts)
         policy = _add_decisions(store, r) if cfg.reinforce else {}
         summary = {"round": k, "teacher": teacher, "student": student, "n_train": n,
+                   "calibrated": r.counts.get("calibrated"),
                    **policy, "target_dev": target_scores(student, target),
                    "source_dev_f1": read_json(uri.join(student, "train_summary.json"))
                    ["best"]["dev_f1"],

@@ -38,6 +38,9 @@ class TslConfig(JobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from xner_ray.methods.calibrenet.pipeline import calibration_run
+
+        calibration_run(self.calibrator or "<calibrator>", self.calibration)  # bad keys: now
         if not self.teachers:
             raise ValueError("at least one teacher is required")
         for t in self.teachers:
@@ -86,7 +89,8 @@ def teacher_weights_for(cfg: TslConfig, target: TargetSpec) -> tuple[dict, dict]
 
 
 def _run_target(cfg: TslConfig, store, teachers: dict, target: TargetSpec) -> dict:
-    from xner_ray.labeling.pipeline import LabelConfig, label
+    from xner_ray.labeling.pipeline import LabelConfig
+    from xner_ray.methods.calibrenet.pipeline import label_calibrated
     from xner_ray.train.distill import DistillConfig, distill
 
     student = Path(cfg.out) / target.lang
@@ -97,14 +101,16 @@ def _run_target(cfg: TslConfig, store, teachers: dict, target: TargetSpec) -> di
     t0 = time.monotonic()
     weights, diag = teacher_weights_for(cfg, target)
     langs = list(teachers)
-    label(LabelConfig(teachers=[teachers[l] for l in langs], weights=[weights[l] for l in langs],
-                      store=cfg.store, run_id=cfg.run_id, round=0,
-                      inputs=[{"path": target.unlabeled, "lang": target.lang, "fmt": target.fmt}],
-                      **cfg.label), own_run=False)
+    label_calibrated(
+        LabelConfig(teachers=[teachers[l] for l in langs], weights=[weights[l] for l in langs],
+                    store=cfg.store, run_id=cfg.run_id, round=0,
+                    inputs=[{"path": target.unlabeled, "lang": target.lang, "fmt": target.fmt}],
+                    **cfg.label), store, cfg.calibrator, cfg.calibration)
     base = dataclasses.asdict(student_config(student, cfg.student))
     distill(DistillConfig(**base, store=cfg.store, run_id=cfg.run_id, lang=target.lang, round=0,
-                          dev=cfg.source_dev))
+                          dev=cfg.source_dev, calibrated=bool(cfg.calibrator)))
     summary = {"weights": weights, "weighting": diag, "student": str(student),
+               "calibrator": cfg.calibrator,
                "source_dev_f1": json.loads((student / "train_summary.json").read_text())
                ["best"]["dev_f1"], "target_dev": target_scores(student, target),
                "seconds": round(time.monotonic() - t0, 1)}  # kept on reuse, like RIKD rounds
