@@ -227,20 +227,31 @@ def test_rikd_round_learns_calibrated_pseudo_labels(ray_cluster, tiny_teacher_di
     from xner_ray.store import Store
 
     config = _config(tmp_path, tiny_teacher_dir, tiny_model_dir, rounds=1, reinforce=False,
-                     calibrator=calibrator, calibration={"block_rows": 100, "max_length": 128})
+                     calibrator=calibrator, calibration={"block_rows": 100, "max_length": 128},
+                     calibrated_rho=0.5)
     assert _rikd_main(["--config", config]) == 0
     m = Store(tmp_path / "store").manifest("r1", "de", 0)
     assert m["tables"]["calibrations"]["rows"] == 300 and m["meta"]["calibrator"] == calibrator
-    changed = connect(tmp_path / "store").execute(
-        "SELECT count(*) FROM calibrations WHERE n_changed > 0").fetchone()[0]
+    assert m["meta"]["calib_selector_spec"] == "top_rho:calib_score:0.5"
+    con = connect(tmp_path / "store")
+    # the top half by calibration score is selected (decisions overlay the pseudo-labels)
+    kept, best_dropped, worst_kept = con.execute(
+        "SELECT sum(p.selected::INT), max(c.calib_score) FILTER (WHERE NOT p.selected), "
+        "min(c.calib_score) FILTER (WHERE p.selected) FROM pseudo_labels p "
+        "JOIN calibrations c USING (run_id, lang, round, sent_id)").fetchone()
+    assert kept == 150 and (best_dropped is None or worst_kept >= best_dropped)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["de"][0]["calibrated"] == 300 and changed >= 0
+    assert results["de"][0]["calibrated"] == 300 and results["de"][0]["n_train"] == 150
     assert (tmp_path / "out" / "de" / "round0" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("extra, message", [
     ({"calibration": {"block_rows": 10}}, "without a `calibrator`"),
     ({"calibrator": "/x", "calibration": {"rows": 10}}, "unknown calibration keys"),
+    ({"calibrated_rho": 0.8}, "needs a `calibrator`"),
+    ({"calibrator": "/x", "calibrated_rho": 1.5}, "must be in"),
+    ({"calibrator": "/x", "calibrated_rho": 0.8, "selector": "confidence:0.9"},
+     "needs selector: keep_all"),
 ])
 def test_calibrated_students_config_checks(tmp_path, extra, message):
     from tests.test_rikd import _config

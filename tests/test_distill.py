@@ -147,3 +147,29 @@ def test_training_rows_take_the_calibrated_tags_of_changed_sentences(tmp_path):
     assert a[0] == pytest.approx([0.2, 0.7, 0.1], abs=1e-3) and a[1] == [0.0, 0.0, 1.0]
     assert b == plain.column("probs").to_pylist()[1]  # n_changed 0: the teacher's labels
     assert got.column("probs").type == pa.list_(pa.list_(pa.float32()))
+
+
+def test_training_rows_keep_the_calibration_selectors_choice(tmp_path):
+    """``calib_selector`` (top rho by calib_score, fitted on the round) re-applied in a read
+    task: only the rows it keeps are trained on."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xner_ray.selectors import make_selector
+    from xner_ray.train.distill import read_training_pair
+
+    ids = ["a", "b", "c", "d"]
+    pq.write_table(pa.table({"sent_id": ids, "tokens": [["w"]] * 4}), tmp_path / "se.parquet")
+    pq.write_table(pa.table({"sent_id": ids,
+                             "probs": pa.array([[[0.9, 0.1]]] * 4, pa.list_(pa.list_(pa.float16()))),
+                             "selected": [True] * 4, "weight": [1.0] * 4}), tmp_path / "pl.parquet")
+    calib = pa.table({"sent_id": ids, "calib_tags": [["O"]] * 4,
+                      "n_changed": pa.array([0] * 4, pa.int32()),
+                      "calib_score": pa.array([0.2, 0.9, None, 0.7], pa.float32())})
+    pq.write_table(calib, tmp_path / "c.parquet")
+    selector = make_selector("top_rho:calib_score:0.5").fit(calib)
+    got = pa.concat_tables(read_training_pair(
+        (str(tmp_path / "se.parquet"), str(tmp_path / "pl.parquet")),
+        calibrations=[str(tmp_path / "c.parquet")], labels=["O", "B-PER"],
+        calib_selector=selector))
+    assert got.column("sent_id").to_pylist() == ["b", "d"]

@@ -84,6 +84,9 @@ class JobConfig:
     calibration: dict = field(default_factory=dict, metadata={
         "help": "calibration knobs: batch_size, block_rows, max_length, num_actors, use_gpu, "
                 "threads"})
+    calibrated_rho: Optional[float] = field(default=None, metadata={
+        "help": "with a calibrator: the student learns only the top rho of each round by "
+                "calibration score (calibrations.calib_score); needs the keep_all selector"})
 
     def __post_init__(self) -> None:
         self.targets = [dataclasses.replace(t, unlabeled=absolute(t.unlabeled),
@@ -99,6 +102,11 @@ class JobConfig:
         self.calibrator = absolute(self.calibrator, only_existing=True)
         if self.calibration and not self.calibrator:
             raise ValueError("calibration: knobs given without a `calibrator`")
+        if self.calibrated_rho is not None:
+            if not self.calibrator:
+                raise ValueError("calibrated_rho needs a `calibrator`")
+            if not 0.0 < self.calibrated_rho <= 1.0:
+                raise ValueError(f"calibrated_rho must be in (0, 1], got {self.calibrated_rho}")
         student_config(self.out, self.student)  # validate now, not in round 2
 
 

@@ -69,9 +69,10 @@ def file_pairs(files: dict[str, list[str]]) -> list[tuple[str, str]]:
     return pairs
 
 
-def round_selector(meta: dict):
-    """The fitted whole-set selector of a round (from its manifest meta), or None."""
-    spec, cutoffs = meta.get("selector_spec"), meta.get("selector_cutoffs")
+def round_selector(meta: dict, key: str = "selector"):
+    """The fitted whole-set selector of a round (from its manifest meta), or None; ``key``
+    ``calib_selector``: the selection by calibration score (``methods.calibrenet``)."""
+    spec, cutoffs = meta.get(f"{key}_spec"), meta.get(f"{key}_cutoffs")
     if not spec or cutoffs is None:
         return None
     from xner_ray.selectors import make_selector
@@ -83,11 +84,12 @@ def round_selector(meta: dict):
 
 def training_dataset(store, pairs: list[tuple[str, str]], *, selector=None,
                      selected_only: bool = True, calibrations: Optional[list[str]] = None,
-                     labels: Optional[list[str]] = None):
+                     labels: Optional[list[str]] = None, calib_selector=None):
     """A Ray dataset of (sent_id, tokens, probs, weight) read by tasks from the file pairs.
 
     ``calibrations``: the round's ``calibrations`` files (with ``labels``, the round's label
-    set): the students then learn the calibrated tags (:func:`calibrated_probs`)."""
+    set): the students then learn the calibrated tags (:func:`calibrated_probs`);
+    ``calib_selector``: the round's fitted selection by calibration score, re-applied."""
     from functools import partial
 
     from xner_ray import engine
@@ -98,9 +100,11 @@ def training_dataset(store, pairs: list[tuple[str, str]], *, selector=None,
         raise ValueError("calibrated training needs the round's labels")
     items = [(store.to_uri(a), store.to_uri(b)) for a, b in pairs]
     calib = None if calibrations is None else [store.to_uri(c) for c in calibrations]
+    if calib_selector is not None and not calib:
+        raise ValueError("selection by calibration score needs the round's calibrations")
     return engine.dataset(items, partial(read_training_pair, selector=selector,
                                          selected_only=selected_only, calibrations=calib,
-                                         labels=labels))
+                                         labels=labels, calib_selector=calib_selector))
 
 
 def calibrated_probs(probs: list, tags: Sequence[str], labels: Sequence[str]) -> list:
@@ -124,9 +128,10 @@ def calibrated_probs(probs: list, tags: Sequence[str], labels: Sequence[str]) ->
     return out
 
 
-def _changed_calibrations(uris: list[str], sent_ids) -> dict:
-    """sent_id -> calibrated tags, for the sentences of ``sent_ids`` the calibration changed
-    (``n_changed > 0``; the others keep the teacher's labels as they are)."""
+def _calibrations_of(uris: list[str], sent_ids, *, scores: bool = False):
+    """The calibrations rows of ``sent_ids``: only those the calibration changed
+    (``n_changed > 0``; the others keep the teacher's labels) unless ``scores`` asks for every
+    row's ``calib_score`` too."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
@@ -135,17 +140,17 @@ def _changed_calibrations(uris: list[str], sent_ids) -> dict:
     fs, _ = split_uri(uris[0])
     paths = [split_uri(u)[1] for u in uris]
     ds = pads.dataset(paths, filesystem=fs, format="parquet")
-    wanted = pc.field("n_changed") > 0
-    table = ds.to_table(columns=["sent_id", "calib_tags"], filter=wanted)
-    table = table.filter(pc.is_in(table.column("sent_id"), value_set=sent_ids))
-    return dict(zip(table.column("sent_id").to_pylist(), table.column("calib_tags").to_pylist()))
+    cols = ["sent_id", "calib_tags", "n_changed"] + (["calib_score"] if scores else [])
+    table = ds.to_table(columns=cols, filter=None if scores else pc.field("n_changed") > 0)
+    return table.filter(pc.is_in(table.column("sent_id"), value_set=sent_ids))
 
 
 def read_training_pair(item: tuple[str, str], *, selector=None, selected_only: bool = True,
                        calibrations: Optional[list[str]] = None,
-                       labels: Optional[list[str]] = None):
+                       labels: Optional[list[str]] = None, calib_selector=None):
     """One read task: the training rows of a (sentences, pseudo_labels) file pair, with the
-    calibrated tags of ``calibrations`` applied when given."""
+    calibrated tags of ``calibrations`` applied when given (and, with ``calib_selector``,
+    only the rows it keeps by calibration score)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -163,9 +168,19 @@ def read_training_pair(item: tuple[str, str], *, selector=None, selected_only: b
     if selector is not None:
         pl = selector(pl)
     probs = pl.column("probs")
+    calib_keep = None
     if calibrations:  # (float32 throughout, so every block of the dataset has one schema)
         probs = probs.cast(pa.list_(pa.list_(pa.float32())))
-        changed = _changed_calibrations(calibrations, pl.column("sent_id"))
+        calib = _calibrations_of(calibrations, pl.column("sent_id"),
+                                 scores=calib_selector is not None)
+        if calib_selector is not None:
+            kept = set(calib_selector(calib.select(["sent_id", "calib_score"]))
+                       .filter(pc.field("selected")).column("sent_id").to_pylist())
+            calib_keep = pa.array([sid in kept for sid in pl.column("sent_id").to_pylist()])
+        changed = {sid: tags for sid, tags, n in zip(calib.column("sent_id").to_pylist(),
+                                                    calib.column("calib_tags").to_pylist(),
+                                                    calib.column("n_changed").to_pylist())
+                   if n > 0}
         if changed:
             rows = probs.to_pylist()
             for k, sid in enumerate(pl.column("sent_id").to_pylist()):
@@ -176,6 +191,8 @@ def read_training_pair(item: tuple[str, str], *, selector=None, selected_only: b
                       "probs": probs, "weight": pl.column("weight").cast(pa.float32())})
     if selected_only:
         keep = pc.and_(pl.column("selected"), pc.greater(pl.column("weight"), 0))
+        if calib_keep is not None:
+            keep = pc.and_(keep, calib_keep)
         table = table.filter(keep)
     else:
         table = table.set_column(3, "weight", pa.array([1.0] * table.num_rows, pa.float32()))
@@ -202,7 +219,9 @@ def distill(cfg: DistillConfig) -> Path:
                              "has no calibrations (label it with a `calibrator`)")
     ds = training_dataset(store, file_pairs(files), selector=selector,
                           selected_only=cfg.selected_only, calibrations=calibrations,
-                          labels=labels)
+                          labels=labels, calib_selector=(
+                              round_selector(manifest.get("meta", {}), "calib_selector")
+                              if cfg.calibrated else None))
     n = (counts.get("selected") if cfg.selected_only else counts.get("sentences"))
     if n is None:
         n = ds.count()  # a round committed without counts: one distributed pass

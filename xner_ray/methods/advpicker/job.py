@@ -63,6 +63,9 @@ class AdvPickerConfig(JobConfig):
         from xner_ray.methods.calibrenet.pipeline import calibration_run
 
         calibration_run(self.calibrator or "<calibrator>", self.calibration)  # bad keys: now
+        if self.calibrated_rho is not None:
+            raise ValueError("calibrated_rho: AdvPicker selects by l_score already; a second "
+                             "whole-set selection would compete with it")
         if bool(self.teachers) == bool(self.train_tladv):
             raise ValueError("give either `teachers` (trained TLADV folders) or `train_tladv`")
         if self.train_tladv is not None:
@@ -150,7 +153,7 @@ def label_targets(cfg: AdvPickerConfig, store, teachers: list[str]) -> None:
     todo = [t for t in cfg.targets if not store.is_complete(cfg.run_id, t.lang, 0)]
     if todo:
         label_calibrated(label_config(cfg, teachers, todo), store, cfg.calibrator,
-                         cfg.calibration)
+                         cfg.calibration)  # (calibrated_rho: refused, AdvPicker selects)
 
 
 def _distill_target(cfg: AdvPickerConfig, store, teachers: list[str], target: TargetSpec) -> dict:

@@ -149,10 +149,11 @@ def calibration_run(calibrator: str, knobs: Optional[dict] = None, *,
 
 
 def label_calibrated(label_cfg, store, calibrator: Optional[str],
-                     knobs: Optional[dict] = None) -> dict:
+                     knobs: Optional[dict] = None, rho: Optional[float] = None) -> dict:
     """``labeling.pipeline.label(label_cfg, own_run=False)``, with -- when ``calibrator`` is
     given -- the calibration pass inside each round, before its commit: the round's
-    ``calibrations`` commit with its pseudo-labels. Returns per-language counts."""
+    ``calibrations`` commit with its pseudo-labels; with ``rho``, only the top ``rho`` by
+    calibration score stay selected (:func:`select_calibrated`). Returns per-language counts."""
     from xner_ray.labeling.pipeline import label, label_rounds
 
     if not calibrator:
@@ -160,7 +161,53 @@ def label_calibrated(label_cfg, store, calibrator: Optional[str],
     with label_rounds(label_cfg, store) as rounds:
         calibrate_rounds(calibration_run(calibrator, knobs, local=label_cfg.local), store,
                          rounds)
+        if rho is not None:
+            select_calibrated(store, rounds, rho, local=label_cfg.local)
         summary = {lang: dict(r.counts) for lang, r in rounds.items()}
     if summary:
         store.update_run(label_cfg.run_id, round=label_cfg.round, metrics=summary)
     return summary
+
+
+def calib_selector_spec(rho: float) -> str:
+    """Keep the top ``rho`` of a round by ``calibrations.calib_score`` (a null score -- a
+    sentence without spans -- ranks last): ``top_rho`` over the calibration's own confidence."""
+    return f"top_rho:calib_score:{rho}"
+
+
+def select_calibrated(store, rounds: dict, rho: float, *, local: bool = False) -> dict[str, int]:
+    """Whole-set selection of each calibrated round by its calibration score, off the driver
+    (exact cut-offs from a distributed sort, then a pass writing ``decisions``, as the labeling
+    pipeline's top-rho). The fitted selector goes to the round's meta (``calib_selector_spec``,
+    ``calib_selector_cutoffs``): training re-applies it (``train.distill``). Needs rounds
+    labeled with ``keep_all``: another selector's decisions would compete for the same rows.
+    Returns the selected count per language."""
+    from xner_ray import engine
+    from xner_ray.labeling.pipeline import DecideStage
+    from xner_ray.selectors import make_selector
+    from xner_ray.store.sink import RoundSink
+
+    selected = {}
+    for lang, r in rounds.items():
+        if r.meta.get("selector") != "keep_all.v1":
+            raise ValueError(f"{lang} round {r.round}: selection by calibration score needs "
+                             f"the keep_all labeling selector, the round has "
+                             f"{r.meta.get('selector')}")
+        files = r.files.get("calibrations", [])
+        selector = make_selector(calib_selector_spec(rho))
+        cutoffs = engine.exact_cutoffs(files, store.fs, selector, r.rows.get("calibrations", 0),
+                                       local=local)
+        selector.set_cutoffs(cutoffs)
+        r.meta.update(calib_selector_spec=calib_selector_spec(rho),
+                      calib_selector_cutoffs=[list(c) for c in cutoffs])
+        sink = RoundSink(store.uri, {lang: r.prefix}, ("decisions",))
+        records = engine.map_files(files, store.fs, [engine.Stage(DecideStage, (selector, lang))],
+                                   sink, columns=["sent_id", "calib_score"], local=local)
+        r.counts["selected"] = 0
+        for rec in records:
+            r.add(rec)
+            r.counts["selected"] += rec.get("selected", 0)
+        selected[lang] = r.counts["selected"]
+        logger.info("%s round %d: %d of %d sentences kept by calibration score (top %.0f%%)",
+                    lang, r.round, selected[lang], r.rows.get("calibrations", 0), 100 * rho)
+    return selected

@@ -55,6 +55,9 @@ class RikdConfig(JobConfig):
         from xner_ray.methods.calibrenet.pipeline import calibration_run
 
         calibration_run(self.calibrator or "<calibrator>", self.calibration)  # bad keys: now
+        if self.calibrated_rho is not None and self.selector != "keep_all":
+            raise ValueError(f"calibrated_rho needs selector: keep_all (got {self.selector!r}): "
+                             "two whole-set selections would compete for the same rows")
         from xner_ray.labeling.pipeline import check_selector
 
         check_selector(self.selector, self.lang_scorers)
@@ -109,9 +112,10 @@ def _run_language(cfg: RikdConfig, store, target: TargetSpec, teacher: str, dev)
 def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int, dev) -> dict:
     """Label with ``teacher``, train the round's student, add the policy's decisions, commit."""
     from xner_ray.labeling.pipeline import LabelConfig, label_rounds
-    from xner_ray.methods.calibrenet.pipeline import calibrate_rounds, calibration_run
+    from xner_ray.methods.calibrenet.pipeline import (calibrate_rounds, calibration_run,
+                                                      select_calibrated)
     from xner_ray.methods.rikd.step import RikdStep
-    from xner_ray.train.distill import training_dataset
+    from xner_ray.train.distill import round_selector, training_dataset
     from xner_ray.train.loop import fit
     from xner_ray.train.steps import KDStep
 
@@ -129,13 +133,21 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
         if cfg.calibrator:  # the round's spans calibrated; they commit with the round
             calibrate_rounds(calibration_run(cfg.calibrator, cfg.calibration,
                                              local=label_cfg.local), store, rounds)
+            if cfg.calibrated_rho is not None:
+                select_calibrated(store, rounds, cfg.calibrated_rho, local=label_cfg.local)
+                n = r.counts["selected"]
+                if n == 0:
+                    raise ValueError(f"{target.lang} round {k}: calibrated_rho "
+                                     f"{cfg.calibrated_rho} keeps no pseudo-label")
         # decisions go under this attempt's prefix: a resumed round never sees an older attempt's
         artifacts = store.to_uri(f"{r.prefix}/rikd") if cfg.reinforce else None
         train_cfg = student_config(student, cfg.student)
         fit(train_cfg, step=RikdStep if cfg.reinforce else KDStep,
             labels=r.labels, dataset=training_dataset(
                 store, r.pairs(), selector=r.selector, labels=r.labels,
-                calibrations=r.files.get("calibrations", []) if cfg.calibrator else None),
+                calibrations=r.files.get("calibrations", []) if cfg.calibrator else None,
+                calib_selector=(round_selector(r.meta, "calib_selector")
+                                if cfg.calibrated_rho is not None else None)),
             n_train=n, dev=dev, name=f"{cfg.run_id}-{target.lang}-round{k}",
             # each round builds a fresh policy; its seed differs per round, else every round
             # would draw the same keep/drop stream over the same batch positions

@@ -105,7 +105,7 @@ def _run_target(cfg: TslConfig, store, teachers: dict, target: TargetSpec) -> di
         LabelConfig(teachers=[teachers[l] for l in langs], weights=[weights[l] for l in langs],
                     store=cfg.store, run_id=cfg.run_id, round=0,
                     inputs=[{"path": target.unlabeled, "lang": target.lang, "fmt": target.fmt}],
-                    **cfg.label), store, cfg.calibrator, cfg.calibration)
+                    **cfg.label), store, cfg.calibrator, cfg.calibration, cfg.calibrated_rho)
     base = dataclasses.asdict(student_config(student, cfg.student))
     distill(DistillConfig(**base, store=cfg.store, run_id=cfg.run_id, lang=target.lang, round=0,
                           dev=cfg.source_dev, calibrated=bool(cfg.calibrator)))
