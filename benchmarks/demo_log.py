@@ -46,13 +46,16 @@ def markdown(r: dict) -> str:
     s = r["log"]
     verdict = "meets" if s["share"] is not None and s["share"] >= GOAL else "does NOT meet"
     rows = [f"| {n} | `{line}` |" for line, n in s["top_other"]]
+    how = (f"exit code {r['exit_code']}, {r['seconds']} s" if r.get("source_log") is None else
+           f"classified from a log captured before: `{r['source_log']}`")
     return "\n".join([
         "# The demo's console: the project's own lines", "",
         f"The README demo (`python jobs/rikd.py --config configs/rikd_demo.yaml`, outputs in a "
-        f"temporary folder), stdout and stderr merged; exit code {r['exit_code']}, "
-        f"{r['seconds']} s.", "",
+        f"temporary folder), stdout and stderr merged; {how}.", "",
         f"- {s['lines']} non-blank lines, {s['own']} of them the project's: **share "
         f"{s['share']:.1%}**, which {verdict} the goal of {GOAL:.0%}",
+        f"- without the {s['progress_lines']} progress lines (ours, but repetitive: labeling "
+        f"and training count, rate and ETA): share {s['share_without_progress']:.1%}",
         f"- Ray Train State-API warnings: {s['state_api_warnings']}", "",
         "The most frequent other lines (digits shown as N):", "",
         "| count | line |", "|---|---|", *rows, "",
@@ -74,13 +77,16 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="xner-demo-log-") as tmp:
             text, seconds, rc = run_demo(Path(tmp), args.timeout)
     r = {**meta, "exit_code": rc, "seconds": round(seconds, 1) if seconds else None,
+         "source_log": args.log,
          "goal": GOAL, "log": log_share(text)}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_log_cpu.txt").write_text(text)
     (out / "demo_log_cpu.json").write_text(json.dumps(r, indent=2))
     (out / "demo_log_cpu.md").write_text(markdown(r))
-    print(json.dumps({k: r["log"][k] for k in ("lines", "own", "share", "state_api_warnings")}))
+    print(json.dumps({k: r["log"][k] for k in ("lines", "own", "share", "progress_lines",
+                                               "share_without_progress",
+                                               "state_api_warnings")}))
     return 0 if rc in (0, None) else 1
 
 

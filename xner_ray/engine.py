@@ -113,13 +113,13 @@ def dataset(items: list, read: Callable[[Any], Iterator[pa.Table]], *,
 
 
 def _apply_stages(ds, stages: Sequence[Stage], counter=None):
-    """The stages as actor pools; with ``counter``, the first stage's actors report the rows
-    they took in (fire-and-forget calls to the counter actor)."""
+    """The stages as actor pools; with ``counter``, the last stage's actors report the rows
+    that came through every stage (fire-and-forget calls to the counter actor)."""
     from ray.data import ActorPoolStrategy
 
     for i, s in enumerate(stages):
         cls, args, kwargs = s.cls, s.args, s.kwargs
-        if counter is not None and i == 0:
+        if counter is not None and i == len(stages) - 1:
             cls, args, kwargs = _Counted, (counter, s.cls, s.args, s.kwargs), {}
         ds = ds.map_batches(cls, fn_constructor_args=args, fn_constructor_kwargs=kwargs,
                             batch_size=s.batch_size, batch_format="pyarrow",
@@ -130,7 +130,7 @@ def _apply_stages(ds, stages: Sequence[Stage], counter=None):
 
 
 class _Counted:
-    """A stage that reports how many rows it received to a counter actor."""
+    """A stage that reports how many rows it processed to a counter actor."""
 
     def __init__(self, counter, cls, args, kwargs):
         self.counter, self.inner = counter, cls(*args, **kwargs)
@@ -154,6 +154,7 @@ class _RowCounter:
 
 def run_ray(plan: Plan) -> list[dict]:
     import threading
+    import time
 
     import ray
 
@@ -182,16 +183,17 @@ def run_ray(plan: Plan) -> list[dict]:
         watcher.start()
         try:
             records = write(ds, plan.sink, rows_per_write=plan.rows_per_write)
-        finally:
             stop.set()
             watcher.join(timeout=15)
-        for _ in range(10):  # the last counts: the stages finished before the writes did,
-            before = seen[0]    # and their reports may still be on the way
-            poll()
-            if seen[0] == before:
-                break
-            stop.wait(0.2)
-        ray.kill(counter)
+            for _ in range(10):  # the last counts: the stages finished before the writes
+                before = seen[0]  # did, and their reports may still be on the way
+                poll()
+                if seen[0] == before:
+                    break
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            ray.kill(counter)
         return records
 
 

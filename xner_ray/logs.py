@@ -132,6 +132,9 @@ def log_progress(logger: logging.Logger, what: str, done: int, total: Optional[i
     logger.info("%s: %s", what, progress_line(done, total, unit=unit, rate=rate, **fields))
 
 
+HEARTBEAT_S = 60.0  # off a terminal: an unchanged count is logged again at most this often
+
+
 class Progress:
     """Count, rate and ETA of a loop; a bar on a terminal, periodic log lines elsewhere.
 
@@ -152,6 +155,7 @@ class Progress:
         isatty = getattr(self.stream, "isatty", None)
         self.tty = bool(isatty and isatty()) if tty is None else tty
         self.done, self.fields = start, {}
+        self._logged_done = start
         self.started = self._last = time.monotonic()
         self._start_count = start
         self._drawn = False
@@ -177,8 +181,10 @@ class Progress:
             if now - self._last >= 0.1 or (self.total and self.done >= self.total):
                 self._last = now
                 self._draw()
-        elif now - self._last >= self.every_s:
-            self._last = now
+        elif now - self._last >= (self.every_s if self.done != self._logged_done
+                                  else max(self.every_s, HEARTBEAT_S)):
+            # a new line when the count moved; an unchanged one only as a rare heartbeat
+            self._last, self._logged_done = now, self.done
             self.logger.info("%s: %s", self.what, self.line())
 
     def _bar(self, width: int = 24) -> str:
@@ -347,6 +353,8 @@ _PRINTED = re.compile(r"^(?:\([^)]*\) )?(\[(job|label|train|rikd|tsl|advpicker|p
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its forwarding prefixes
+# a progress line: ``[label] de round 0: 120/300 sentences (40%)`` / ``[train] epoch 1: ...``
+_PROGRESS = re.compile(r"\[(label|project|calibrate|train)\][^:]*: \d+(/\d+)? \w+")
 
 
 def is_own_line(line: str) -> bool:
@@ -365,7 +373,13 @@ def log_share(text: str) -> dict:
     own = [l for l in lines if is_own_line(l)]
     others = collections.Counter(re.sub(r"\d+", "N", _ANSI.sub("", l))[:120]
                                  for l in lines if not is_own_line(l))
+    # progress lines are ours but repetitive: the share is also given without them
+    progress = [l for l in own if _PROGRESS.search(_ANSI.sub("", l))]
+    rest = len(lines) - len(progress)
     return {"lines": len(lines), "own": len(own),
             "share": round(len(own) / len(lines), 4) if lines else None,
+            "progress_lines": len(progress),
+            "share_without_progress": round((len(own) - len(progress)) / rest, 4)
+            if rest else None,
             "state_api_warnings": sum(STATE_API_WARNING in l for l in lines),
             "top_other": others.most_common(10)}
