@@ -40,7 +40,7 @@ def _tiny_rikd(request) -> list[str]:
 
 
 @pytest.mark.parametrize("size", [
-    "tiny",  # CI: the demo config and job as shipped, the tiny encoder swapped in (~3 min)
+    "tiny",  # CI: the demo config and job as shipped, the tiny encoder swapped in
     # the README demo exactly as shipped (builtin:me5-small, 4 layers): 12-16 min on 2 cores,
     # so outside the default run -- `python -m pytest -m demo`
     pytest.param("full", marks=[pytest.mark.demo, pytest.mark.timeout(1800)]),
