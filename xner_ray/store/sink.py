@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from xner_ray.io import uri as _uri
 from xner_ray.records import RejectSink
 from xner_ray.store import schema as S
 from xner_ray.store.writer import _safe_text as _safe
@@ -35,15 +36,10 @@ ROW_GROUP_ROWS = 65_536  # issue 14: row groups of >= 64k rows (or one file's ro
 COUNTS_KEY = b"xner_ray.reject_counts"
 
 
-def open_fs(root: str):
-    """(filesystem, path) of a store root given as a local path or a pyarrow URI."""
-    import os
-
-    import pyarrow.fs as pafs
-
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), os.path.abspath(root)
+# (filesystem, path) of a store root, file or folder given as a local path or a pyarrow URI;
+# whole small files read and written (atomically) the same way: ``io.uri`` for every caller
+open_fs = split_uri = _uri.filesystem
+read_text, write_text = _uri.read_text, _uri.write_text
 
 
 def _file_table(table: pa.Table, name: str) -> pa.Table:
@@ -164,24 +160,6 @@ def reject_counts(fs, path: str) -> dict[str, int]:
 
 
 SELECTED_KEY = b"xner_ray.selected"
-
-
-def split_uri(uri: str):
-    """(filesystem, path) of a file or folder given as a local path or a pyarrow URI."""
-    return open_fs(uri)
-
-
-def write_text(uri: str, text: str) -> None:
-    fs, path = split_uri(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(text.encode("utf-8"))
-
-
-def read_text(uri: str) -> str:
-    fs, path = split_uri(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read().decode("utf-8")
 
 
 def write_decisions(uri: str, sent_ids: list, policy_p: list, selected: list,
