@@ -370,7 +370,7 @@ class TeacherStage:
         student = per_model.pop() if self.student is not None else None
         seg = decode.segment_ids(lengths, self.device)
         mixed, chosen = decode.mix(per_model, self.weights, self.combine, seg, n_sent)
-        tags = decode.viterbi_packed(torch.log(mixed), lengths, self.label_set)
+        tags = decode.viterbi_packed(decode.log(mixed), lengths, self.label_set)
         sc = decode.scores(mixed, tags, lengths, self.label_set, student=student, seg=seg)
         half = self.probs_dtype == "float16"
         host = _to_host([mixed.to(torch.float16 if half else torch.float32),
@@ -420,8 +420,13 @@ def read_words(out, logits, gather) -> None:
     import torch
 
     flat = logits.reshape(-1, logits.shape[-1])
-    rows = flat.index_select(0, gather[0] * logits.shape[1] + gather[1])
-    out.index_copy_(0, gather[2], torch.softmax(rows.float(), dim=-1))
+    rows = flat.index_select(0, gather[0] * logits.shape[1] + gather[1]).float()
+    if rows.device.type == "cpu":
+        # over the labels as dim 0 of a [labels, words] copy: torch's CPU softmax over a short
+        # last dimension (9 labels) is ~20x slower than over a long one
+        out.index_copy_(0, gather[2], torch.softmax(rows.T.contiguous(), dim=0).T)
+    else:
+        out.index_copy_(0, gather[2], torch.softmax(rows, dim=-1))
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -56,6 +56,10 @@ class TrainConfig:
                 "(s3://...); default <out's folder>/_checkpoints. Kept outside the model folder, "
                 "which stays a clean Hugging Face folder; the run's checkpoints are removed "
                 "once the best one is copied out"})
+    length_group: int = field(default=50, metadata={
+        "help": "batches read at a time whose rows are sorted by sub-word length before they "
+                "are cut into batches (less padding; same sentences per step, same steps); "
+                "1: batches as read"})
     seed: int = field(default=42, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
@@ -141,6 +145,8 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
     # Per-epoch lines from rank 0 are the progress of a training run; Ray Data's ingest bars
     # (one per epoch, re-drawn every second) would drown them.
     dataset.context.enable_progress_bars = False
+    if getattr(step, "pretokenized", False):
+        dataset = pretokenize(dataset, cfg.model)
     loop_cfg = dict(cfg=dataclasses.asdict(cfg), step=step, labels=labels,
                     threads=res.torch_threads, n_train=n_train, step_args=step_args or {},
                     artifacts_dir=artifacts_dir,
@@ -185,6 +191,17 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
     logger.info("%s: best epoch %s dev F1 %.4f -> %s", name, best.get("epoch"),
                 best["dev_f1"], cfg.out if remote else out)
     return cfg.out if remote else out
+
+
+def pretokenize(dataset, model: str):
+    """The training rows with their sub-word ids, computed by light Ray Data tasks beside the
+    trainer (``train.inputs.tokenize_stage``), so steps never tokenize. ``model`` as the
+    config gives it: each task resolves it on its own node (a URI through the node's cache)."""
+    from xner_ray.cluster import LIGHT_CPUS
+    from xner_ray.train.inputs import tokenize_stage
+
+    return dataset.map_batches(tokenize_stage, fn_kwargs={"tokenizer_path": str(model)},
+                               batch_format="pyarrow", batch_size=1024, num_cpus=LIGHT_CPUS)
 
 
 def _train_logging() -> dict:
@@ -256,6 +273,7 @@ def train_loop(config: dict) -> None:
     from xner_ray.evaluate import predict_tags, score_tags
     from xner_ray.logs import log_progress
     from xner_ray.models.classifier import load_token_classifier, load_tokenizer
+    from xner_ray.train.inputs import group_rows, length_grouped, mean_loss
     from xner_ray.train.steps import StepContext
 
     cfg = TrainConfig(**{f.name: config["cfg"][f.name] for f in dataclasses.fields(TrainConfig)})
@@ -284,19 +302,25 @@ def train_loop(config: dict) -> None:
         model.train()
         losses, t0 = [], time.time()
         last_log = t0
-        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                        local_shuffle_buffer_size=4 * cfg.batch_size,
-                                        local_shuffle_seed=cfg.seed + epoch):
+        group = max(1, cfg.length_group)
+        batches = shard.iter_batches(batch_size=group_rows(cfg.batch_size, group),
+                                     batch_format="numpy",
+                                     local_shuffle_buffer_size=max(4, group) * cfg.batch_size,
+                                     local_shuffle_seed=cfg.seed + epoch)
+        if group > 1:
+            batches = length_grouped(batches, cfg.batch_size,
+                                     np.random.default_rng([cfg.seed, epoch, rank]))
+        for batch in batches:
             losses.append(run_step(batch))
             step += 1
             if rank == 0 and time.time() - last_log >= PROGRESS_EVERY_S:
                 last_log = time.time()
                 log_progress(logger, f"[train] epoch {epoch + 1}", step, total, unit="steps",
                              rate=len(losses) / (last_log - t0),
-                             loss=float(np.mean(losses[-50:])))
+                             loss=mean_loss(losses[-50:]))
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-        metrics = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses or [0])),
+        metrics = {"epoch": epoch + 1, "step": step, "train_loss": mean_loss(losses),
                    "epoch_seconds": round(time.time() - t0, 1), "dev_f1": 0.0,
                    **run_step.epoch_metrics()}
         if rank == 0:

@@ -54,10 +54,9 @@ def _words(batch) -> list[list[str]]:
 
 
 def ce_loss(ctx: StepContext, batch) -> torch.Tensor:
-    from xner_ray.models.classifier import encode_words
+    from xner_ray.train.inputs import encode
 
-    enc = encode_words(ctx.tokenizer, _words(batch), [list(t) for t in batch["tags"]],
-                       ctx.label2id, max_length=ctx.max_length)
+    enc = encode(ctx, batch, [list(t) for t in batch["tags"]])
     return ctx.model(input_ids=enc.input_ids.to(ctx.device),
                      attention_mask=enc.attention_mask.to(ctx.device),
                      labels=enc.labels.to(ctx.device)).loss
@@ -74,10 +73,10 @@ class KDBatch:
 
     @classmethod
     def build(cls, ctx: StepContext, batch) -> "KDBatch":
-        from xner_ray.models.classifier import encode_words
+        from xner_ray.train.inputs import encode
         from xner_ray.train.losses import teacher_tensor
 
-        enc = encode_words(ctx.tokenizer, _words(batch), max_length=ctx.max_length)
+        enc = encode(ctx, batch)
         n_words = max(len(p) for p in enc.first_subword)
         mask = torch.zeros((len(enc.first_subword), n_words), dtype=torch.bool)
         for i, pos in enumerate(enc.first_subword):
@@ -112,16 +111,21 @@ def kd_loss(ctx: StepContext, batch) -> torch.Tensor:
 
 
 class SupervisedStep:
-    """Forward, loss, backward, clip, step: teacher fine-tuning ("ce") or plain KD ("kd")."""
+    """Forward, loss, backward, clip, step: teacher fine-tuning ("ce") or plain KD ("kd").
+
+    Its batches arrive pre-tokenized (``pretokenized``: ``fit`` adds the tokenizing stage) and
+    it returns the loss detached, not as a Python float: no host sync per step."""
+
+    pretokenized = True
 
     def __init__(self, ctx: StepContext, loss: str, **_: Any):
         self.ctx, self.loss_fn = ctx, {"ce": ce_loss, "kd": kd_loss}[loss]
 
-    def __call__(self, batch) -> float:
+    def __call__(self, batch) -> torch.Tensor:
         with self.ctx.autocast():
             loss = self.loss_fn(self.ctx, batch)
         self.ctx.update(loss)
-        return loss.item()
+        return loss.detach()
 
     def epoch_metrics(self) -> dict:
         return {}

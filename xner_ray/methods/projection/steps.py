@@ -20,11 +20,10 @@ class ReverseFocalStep(SupervisedStep):
         self.loss_fn = self._loss
 
     def _loss(self, ctx: StepContext, batch) -> torch.Tensor:
-        from xner_ray.models.classifier import encode_words
+        from xner_ray.train.inputs import encode
         from xner_ray.train.losses import reverse_focal_loss
 
-        enc = encode_words(ctx.tokenizer, _words(batch), [list(t) for t in batch["tags"]],
-                           ctx.label2id, max_length=ctx.max_length)
+        enc = encode(ctx, batch, [list(t) for t in batch["tags"]])
         logits = ctx.model(input_ids=enc.input_ids.to(ctx.device),
                            attention_mask=enc.attention_mask.to(ctx.device)).logits
         return reverse_focal_loss(logits, enc.labels.to(ctx.device), self.gamma)
@@ -33,7 +32,10 @@ class ReverseFocalStep(SupervisedStep):
 class AlignStep(SupervisedStep):
     """The entity alignment model (Li et al. Sec. 3.1): cross-entropy on the target words of
     ``query [SEP] target`` rows (columns ``query``, ``tokens``, ``tags``): ``fit(step=AlignStep)``.
-    ``step_args={"dev_queries": [...]}`` pairs each dev row's words with its query."""
+    ``step_args={"dev_queries": [...]}`` pairs each dev row's words with its query. Its rows
+    are sentence pairs, tokenized in the step (no pre-tokenizing stage)."""
+
+    pretokenized = False
 
     def __init__(self, ctx: StepContext, dev_queries: Optional[list] = None, **_: Any):
         self.ctx, self.dev_queries = ctx, dev_queries or []

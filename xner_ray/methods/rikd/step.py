@@ -24,6 +24,8 @@ class RikdStep:
     backward pass (discarded instances get weight 0) so DDP's collectives stay in step.
     """
 
+    pretokenized = True  # KDBatch.build reads fit()'s pre-tokenized columns
+
     def __init__(self, ctx: StepContext, warmup_steps: int = 100, policy_lr: float = 0.01,
                  reward_scale: float = 1.0, seed: int = 0, d_u: int = 50, d_z: int = 256,
                  d_s: int = 256, reward: str = "consecutive",
@@ -39,7 +41,7 @@ class RikdStep:
         self.selector_id = selector_id  # the ``selector`` of the decisions rows
         self._epoch: list[dict] = []
 
-    def __call__(self, batch) -> float:
+    def __call__(self, batch):
         self.n += 1
         if self.n <= self.warmup:
             for sid in batch["sent_id"]:  # J_w: no decision (policy_p null, not selected)
@@ -47,8 +49,9 @@ class RikdStep:
             with self.ctx.autocast():
                 loss = kd_loss(self.ctx, batch)
             self.ctx.update(loss)
-            self.reward.start(loss.item())  # Eq. 3: the first cached loss is the last warm-up's
-            return loss.item()
+            if self.n == self.warmup:  # Eq. 3: the first cached loss is the last warm-up's
+                self.reward.start(loss.item())
+            return loss.detach()  # no host sync per warm-up step (the policy steps need them)
         return self._reinforced(batch)
 
     def _reinforced(self, batch) -> float:

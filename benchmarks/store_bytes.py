@@ -1,0 +1,171 @@
+"""Stored bytes per million sentences (issue 14 item 4): today's store layout against the one
+before, on the same labeled rows.
+
+One labeling round through the product's Ray pipeline (``label()``) writes the store as it is
+today: soft labels as ``list<list<float16>>``, files of up to 65,536 rows
+(``LabelConfig.rows_per_file``) each one row group, zstd. The "before" layout is the same rows
+rewritten as the previous writer did: soft labels as float32, one file and row group per
+``--block-rows`` rows (one write call per labeled block), zstd. Both are measured as bytes on
+disk per table, scaled to a million sentences (bytes / sentences x 1e6: the layout's size is
+linear in the rows once files hold more than a few blocks).
+
+    python benchmarks/store_bytes.py --model outputs/direct_transfer/cpu   # a trained teacher
+    python benchmarks/store_bytes.py --model tiny --results /tmp/x          # smoke: tiny BERT
+
+What is not changed, and so not in the gain: the sentences table is still written once per
+round (a multi-round run such as RIKD stores the tokens again in every round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import footer, provenance  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+
+
+def _model(spec: str, work: Path) -> str:
+    if spec != "tiny":
+        return spec
+    from tests._tiny import make_tiny_model
+    from xner_ray.models.classifier import load_token_classifier, load_tokenizer
+
+    base = make_tiny_model(work / "tiny-base")
+    out = work / "tiny-teacher"
+    load_token_classifier(str(base), LABELS).save_pretrained(out, safe_serialization=True)
+    load_tokenizer(str(base)).save_pretrained(out)
+    return str(out)
+
+
+def table_files(store: Path) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for table in ("sentences", "pseudo_labels"):
+        out[table] = sorted((store / table).rglob("*.parquet"))
+    return out
+
+
+def rewrite_before(files: list[Path], dest: Path, block_rows: int) -> list[Path]:
+    """The rows of ``files`` in the previous layout: float32 soft labels, one file (one row
+    group) per ``block_rows`` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in files:
+        t = pq.read_table(f)
+        if "probs" in t.column_names:
+            i = t.column_names.index("probs")
+            t = t.set_column(i, "probs", t.column("probs").cast(pa.list_(pa.list_(pa.float32()))))
+        for k in range(0, t.num_rows, block_rows):
+            p = dest / f"{f.stem}-{k // block_rows:05d}.parquet"
+            pq.write_table(t.slice(k, block_rows), p, compression="zstd",
+                           row_group_size=block_rows)
+            out.append(p)
+    return out
+
+
+def row_groups(files: list[Path]) -> list[int]:
+    import pyarrow.parquet as pq
+
+    return [pq.ParquetFile(f).metadata.num_rows // max(1, pq.ParquetFile(f).metadata.num_row_groups)
+            for f in files]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(REPO / "outputs" / "direct_transfer" / "cpu"),
+                    help="teacher folder ('tiny': the tests' tiny random BERT)")
+    ap.add_argument("--data", nargs="+", default=[
+        str(REPO.parent / "shared/data/conll2002-es/train.txt"),
+        str(REPO.parent / "shared/data/conll2002-nl/train.txt")])
+    ap.add_argument("--block-rows", type=int, default=256)
+    ap.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    meta = provenance()
+    from xner_ray.cluster import init_ray
+    from xner_ray.labeling.pipeline import LabelConfig, label
+
+    work = Path(tempfile.mkdtemp(prefix="xner-bytes-"))
+    try:
+        model = _model(args.model, work)
+        init_ray()
+        store = work / "store"
+        inputs = [{"path": p, "lang": Path(p).parent.name.split("-")[-1], "fmt": "conll"}
+                  for p in args.data]
+        t0 = time.time()
+        counts = label(LabelConfig(teachers=[model], inputs=inputs, store=str(store),
+                                   run_id="bytes", block_rows=args.block_rows))
+        seconds = round(time.time() - t0, 1)
+        n_sent = sum(c["sentences"] for c in counts.values())
+        rows = []
+        for table, files in table_files(store).items():
+            before = rewrite_before(files, work / "before" / table, args.block_rows)
+            b_new = sum(f.stat().st_size for f in files)
+            b_old = sum(f.stat().st_size for f in before)
+            rows.append({"table": table, "sentences": n_sent,
+                         "files_before": len(before), "files_now": len(files),
+                         "rows_per_row_group_before": int(np.median(row_groups(before))),
+                         "rows_per_row_group_now": int(np.median(row_groups(files))),
+                         "bytes_before": b_old, "bytes_now": b_new,
+                         "mib_per_million_before": round(b_old / n_sent * 1e6 / 2**20, 1),
+                         "mib_per_million_now": round(b_new / n_sent * 1e6 / 2**20, 1),
+                         "ratio": round(b_old / b_new, 3)})
+        tot_old = sum(r["bytes_before"] for r in rows)
+        tot_new = sum(r["bytes_now"] for r in rows)
+        rows.append({"table": "both", "sentences": n_sent,
+                     "mib_per_million_before": round(tot_old / n_sent * 1e6 / 2**20, 1),
+                     "mib_per_million_now": round(tot_new / n_sent * 1e6 / 2**20, 1),
+                     "bytes_before": tot_old, "bytes_now": tot_new,
+                     "ratio": round(tot_old / tot_new, 3)})
+        result = {"benchmark": "store_bytes", "model": args.model, "data": args.data,
+                  "block_rows": args.block_rows, "label_seconds": seconds, "counts": counts,
+                  "rows": rows, **meta}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "store_bytes_cpu.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "store_bytes_cpu.md").write_text(markdown(result))
+    print(json.dumps(rows[-1]))
+    return 0
+
+
+def markdown(r: dict) -> str:
+    lines = ["# Stored bytes per million sentences (before / now, same rows)", "",
+             f"One labeling round of {r['rows'][-1]['sentences']:,} sentences "
+             f"({', '.join(Path(p).parent.name + '/' + Path(p).name for p in r['data'])}) "
+             f"through `label()` on Ray with teacher `{r['model']}`; the store as written now "
+             "(float16 soft labels, files of up to 65,536 rows in one row group each, zstd) "
+             "against the same rows rewritten in the previous layout (float32 soft labels, one "
+             f"file and row group per {r['block_rows']}-row block, zstd). MiB per million "
+             "sentences = bytes / sentences x 10^6.", "",
+             "| table | files before | files now | rows per row group before | now | "
+             "MiB per 1M sentences before | now | before / now |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['table']} | {row.get('files_before', '')} | "
+                     f"{row.get('files_now', '')} | {row.get('rows_per_row_group_before', '')} | "
+                     f"{row.get('rows_per_row_group_now', '')} | "
+                     f"{row['mib_per_million_before']} | {row['mib_per_million_now']} | "
+                     f"{row['ratio']} |")
+    lines += ["", "Target (issue 14): stored bytes per million sentences at least halved. Not in "
+              "the gain: the sentences table is still written once per round (a run of R "
+              "rounds stores the tokens R times).", "", *footer(r)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Training inputs tokenized once, ahead of the trainer, and batches grouped by length.
+
+Issue 14 item 5. Before, every optimisation step tokenized its own 16 sentences on the training
+worker (the accelerator waited for it) and padded them to the longest of 16 random sentences.
+
+- :func:`tokenize_stage` is a Ray Data stage that :func:`xner_ray.train.loop.fit` puts in front
+  of the trainer for steps that declare ``pretokenized = True``: each sentence's sub-word ids
+  and each word's first sub-word position (the labeling ``SubwordStage``'s columns, computed by
+  the same code), in read tasks that run beside the trainer, not inside its step.
+- :func:`encode_pretokenized` builds the step's tensors from those columns with numpy: the same
+  ``input_ids`` / ``attention_mask`` / labels / first sub-words as
+  :func:`xner_ray.models.classifier.encode_words` (truncated at the same sub-word cap, the
+  closing special tokens kept, words past the cap at position -1; tested equal on real data),
+  padded to a multiple of ``pad_multiple`` (8: tensor-core friendly widths).
+- :func:`length_grouped` is the loop's batching: it reads ``group`` batches' worth of rows,
+  sorts them by sub-word length, cuts them into batches of the configured size and shuffles
+  the batches' order (Hugging Face ``group_by_length``): the same sentences per step and the
+  same number of steps, less padding.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from xner_ray.models.classifier import IGNORE_INDEX, EncodedBatch
+
+PRETOKENIZED = ("input_ids", "word_pos")
+
+
+@functools.lru_cache(maxsize=4)
+def _subword_stage(tokenizer_path: str):
+    from xner_ray.labeling.stages import SubwordStage
+
+    return SubwordStage(tokenizer_path)
+
+
+def tokenize_stage(batch: pa.Table, tokenizer_path: str) -> pa.Table:
+    """Ray Data ``map_batches`` function: adds ``input_ids`` and ``word_pos`` (whole sentences,
+    never cut here; the step applies the training cap). The tokenizer is loaded once per worker
+    process."""
+    out = _subword_stage(tokenizer_path)(batch)
+    return out.drop_columns(["n_truncated"])
+
+
+@functools.lru_cache(maxsize=8)
+def specials(tokenizer) -> tuple[int, int]:
+    """(special tokens before a sentence, after it) of a tokenizer."""
+    word_ids = tokenizer([["a"]], is_split_into_words=True).word_ids(0)
+    first = word_ids.index(0)
+    last = max(i for i, w in enumerate(word_ids) if w is not None)
+    return first, len(word_ids) - 1 - last
+
+
+def encode_pretokenized(tokenizer, batch, tags=None, label2id=None, max_length: int = 512,
+                        pad_multiple: int = 8) -> EncodedBatch:
+    """:func:`~xner_ray.models.classifier.encode_words`'s batch from pre-tokenized columns
+    (``input_ids``, ``word_pos``: one sequence per sentence, specials included)."""
+    from xner_ray.models.classifier import max_tokens
+
+    cap = max_tokens(tokenizer, max_length)
+    _, suffix = specials(tokenizer)
+    ids_in, pos_in = batch["input_ids"], batch["word_pos"]
+    n = len(ids_in)
+    seqs, firsts = [], []
+    for ids, pos in zip(ids_in, pos_in):
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.asarray(pos, dtype=np.int64).copy()
+        if len(ids) > cap:  # as the tokenizer's truncation: the closing specials are kept
+            ids = np.concatenate([ids[:cap - suffix], ids[len(ids) - suffix:]])
+            pos[pos >= cap - suffix] = -1
+        seqs.append(ids)
+        firsts.append(pos)
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
+    longest = int(lengths.max()) if n else 0
+    width = -(-longest // pad_multiple) * pad_multiple if pad_multiple > 1 else longest
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = np.full((n, width), pad_id, dtype=np.int64)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    if n:
+        input_ids[mask] = np.concatenate(seqs)
+    labels = None
+    if tags is not None:
+        labels = np.full((n, width), IGNORE_INDEX, dtype=np.int64)
+        for i, (pos, sent_tags) in enumerate(zip(firsts, tags)):
+            ok = pos >= 0
+            labels[i, pos[ok]] = [label2id[t] for t, k in zip(sent_tags, ok) if k]
+        labels = torch.from_numpy(labels)
+    return EncodedBatch(torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)),
+                        labels, firsts)
+
+
+def encode(ctx, batch, tags=None) -> EncodedBatch:
+    """A step's encoder inputs: from the pre-tokenized columns when the batch has them (the
+    shared loop's path), else tokenized here (a step called on raw words, e.g. in tests)."""
+    from xner_ray.models.classifier import encode_words
+
+    words = [list(t) for t in batch["tokens"]]
+    if all(c in batch for c in PRETOKENIZED):
+        return encode_pretokenized(ctx.tokenizer, batch, tags, ctx.label2id if tags is not None
+                                   else None, max_length=ctx.max_length)
+    return encode_words(ctx.tokenizer, words, tags, ctx.label2id if tags is not None else None,
+                        max_length=ctx.max_length)
+
+
+def _sizes(batch: dict) -> np.ndarray:
+    col = batch["input_ids"] if "input_ids" in batch else batch["tokens"]
+    return np.fromiter((len(x) for x in col), dtype=np.int64, count=len(col))
+
+
+def _take(batch: dict, idx: np.ndarray) -> dict:
+    return {k: v[idx] for k, v in batch.items()}
+
+
+def length_grouped(batches: Iterable[dict], batch_size: int,
+                   rng: Optional[np.random.Generator] = None) -> Iterator[dict]:
+    """Batches of ``batch_size`` rows (the last of each group may be smaller) cut from each
+    large numpy batch of ``batches`` after sorting its rows by length; the cut batches come in
+    a shuffled order (``rng``) so an epoch does not run from short to long."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    for big in batches:
+        n = len(next(iter(big.values()))) if big else 0
+        if n == 0:
+            continue
+        order = np.argsort(_sizes(big), kind="stable")
+        cuts = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        for j in rng.permutation(len(cuts)):
+            yield _take(big, cuts[j])
+
+
+def group_rows(batch_size: int, group: int) -> int:
+    """Rows read at a time by :func:`length_grouped`: ``group`` batches."""
+    return batch_size * max(1, group)
+
+
+def mean_loss(losses: Sequence) -> float:
+    """Mean of step losses given as floats or 0-d tensors: one host sync for all the tensors
+    (a step returns its loss detached, not ``.item()``-ed, so steps never wait for the device)."""
+    if not len(losses):
+        return 0.0
+    tensors = [x.detach().float().reshape(()) for x in losses if isinstance(x, torch.Tensor)]
+    total = sum(float(x) for x in losses if not isinstance(x, torch.Tensor))
+    if tensors:
+        total += float(torch.stack(tensors).sum())
+    return total / len(losses)
