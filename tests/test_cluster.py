@@ -53,3 +53,31 @@ def test_inference_layout_on_cpus(monkeypatch, cpus, expect):
     assert (r.num_workers, r.cpus_per_worker, r.torch_threads) == expect
     assert r.num_workers * r.cpus_per_worker + 5 * cluster.LIGHT_CPUS <= cpus
     assert cluster.inference_layout(num_actors=1, threads=2).num_workers == 1
+
+
+def test_workers_that_import_the_package_pass_the_check(ray_cluster):
+    assert cluster.check_workers(timeout_s=60).endswith("xner_ray/__init__.py")
+
+
+def test_workers_that_cannot_start_fail_fast_with_the_fix():
+    """A worker set-up hook that cannot be imported (what a stale install on the nodes looks
+    like): a clear error in seconds, not Ray Data restarting its actors forever."""
+    import subprocess
+    import sys
+
+    code = ("import ray, time\n"
+            "ray.init(address='local', num_cpus=1, include_dashboard=False, "
+            "logging_level='ERROR', runtime_env={'worker_process_setup_hook': "
+            "'no_such_package.hook'})\n"
+            "from xner_ray.cluster import check_workers\n"
+            "t0 = time.time()\n"
+            "try:\n"
+            "    check_workers(timeout_s=90)\n"
+            "except RuntimeError as exc:\n"
+            "    print('ERROR', round(time.time() - t0), exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=240).stdout
+    line = [x for x in out.splitlines() if x.startswith("ERROR")]
+    assert line, out
+    assert "cannot start with xner_ray" in line[0] and "--working-dir" in line[0]
+    assert int(line[0].split()[1]) < 60

@@ -55,6 +55,38 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
                  runtime_env=runtime_env, **kwargs)
     if quiet:
         logs.quiet_ray_data()
+    check_workers()
+
+
+def _package_file() -> str:
+    import xner_ray
+
+    return xner_ray.__file__
+
+
+def check_workers(timeout_s: float = 120.0) -> str:
+    """Fail fast, with the fix in the message, when Ray cannot start a worker that imports
+    xner_ray (the package not installed where the workers run, a stale editable install, a
+    worker set-up hook that fails): Ray Data would otherwise restart its actors forever, which
+    looks like a hang. One 0-CPU task without retries; returns where the worker found the
+    package."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError
+
+    ref = ray.remote(num_cpus=0, max_retries=0)(_package_file).remote()
+    fix = ("install the package where the workers run (pip install -e . on every node or in "
+           "its image), or submit the job with `ray job submit --working-dir . -- python "
+           "jobs/...`; the worker logs are under /tmp/ray/session_latest/logs on that node")
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise RuntimeError(f"no Ray worker started and imported xner_ray within "
+                           f"{timeout_s:.0f} s; if workers fail to start, {fix}") from None
+    except RayError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(f"Ray workers cannot start with xner_ray ({type(exc).__name__}: "
+                           f"{reason}); {fix}") from exc
 
 
 def cluster_cpus_gpus() -> tuple[float, float]:
