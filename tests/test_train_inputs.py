@@ -76,13 +76,15 @@ def test_length_grouped_keeps_every_row_once():
     lengths = rng.integers(1, 60, size=n)
     ids = np.empty(n, dtype=object)
     ids[:] = [np.arange(k) for k in lengths]
-    big = [{"sent_id": np.arange(i, min(i + 80, n)), "input_ids": ids[i:i + 80]}
-           for i in range(0, n, 80)]
+    big = [{"sent_id": np.arange(i, min(i + 75, n)), "input_ids": ids[i:i + 75]}
+           for i in range(0, n, 75)]
     out = list(length_grouped(big, bs, np.random.default_rng(1)))
     seen = np.concatenate([b["sent_id"] for b in out])
     assert sorted(seen.tolist()) == list(range(n))
-    assert len(out) == sum(-(-len(b["sent_id"]) // bs) for b in big)
-    assert all(len(b["sent_id"]) <= bs for b in out)
+    # whole batches but the last: exactly ceil(n / bs) steps (the 75-row groups are not whole
+    # 16-row batches; their left-over rows join the next group)
+    assert len(out) == -(-n // bs)
+    assert all(len(b["sent_id"]) == bs for b in out[:-1]) and len(out[-1]["sent_id"]) <= bs
     # padding: each batch spans a narrow length range, so far less padding than as read
     pad = lambda bs_: sum(len(b) * max(map(len, b)) - sum(map(len, b))  # noqa: E731
                           for b in bs_)
@@ -97,3 +99,14 @@ def test_mean_loss_of_tensors_and_floats():
     assert mean_loss([]) == 0.0
     assert mean_loss([1.0, 2.0]) == pytest.approx(1.5)
     assert mean_loss([torch.tensor(1.0), torch.tensor(3.0), 2.0]) == pytest.approx(2.0)
+
+
+def test_length_grouped_joins_ragged_and_fixed_shape_columns():
+    """Ray Data hands a column of equal-length lists as a 2-D array and a ragged one as
+    objects; left-over rows of one join the next."""
+    fixed = {"input_ids": np.arange(10).reshape(5, 2), "sent_id": np.arange(5)}
+    ragged = np.empty(3, dtype=object)
+    ragged[:] = [np.arange(1), np.arange(3), np.arange(2)]
+    out = list(length_grouped([fixed, {"input_ids": ragged, "sent_id": np.arange(5, 8)}], 4))
+    assert [len(b["sent_id"]) for b in out] == [4, 4]
+    assert sorted(np.concatenate([b["sent_id"] for b in out]).tolist()) == list(range(8))

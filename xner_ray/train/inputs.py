@@ -14,13 +14,14 @@ worker (the accelerator waited for it) and padded them to the longest of 16 rand
   padded to a multiple of ``pad_multiple`` (8: tensor-core friendly widths).
 - :func:`length_grouped` is the loop's batching: it reads ``group`` batches' worth of rows,
   sorts them by sub-word length, cuts them into batches of the configured size and shuffles
-  the batches' order (Hugging Face ``group_by_length``): the same sentences per step and the
-  same number of steps, less padding.
+  the batches' order (Hugging Face ``group_by_length``): the same sentences per step, the same
+  steps per epoch (rows left over from a group join the next one), less padding.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -118,18 +119,37 @@ def _take(batch: dict, idx: np.ndarray) -> dict:
 
 def length_grouped(batches: Iterable[dict], batch_size: int,
                    rng: Optional[np.random.Generator] = None) -> Iterator[dict]:
-    """Batches of ``batch_size`` rows (the last of each group may be smaller) cut from each
-    large numpy batch of ``batches`` after sorting its rows by length; the cut batches come in
-    a shuffled order (``rng``) so an epoch does not run from short to long."""
+    """Batches of ``batch_size`` rows (only the epoch's last may be smaller) cut from each
+    large numpy batch of ``batches`` after sorting its rows by length; the cut batches of a
+    group come in a shuffled order (``rng``) so an epoch does not run from short to long, and
+    rows left over from a group (Ray Data's batches are not always whole groups) join the next
+    one, so an epoch has exactly ceil(rows / batch_size) steps."""
     rng = rng if rng is not None else np.random.default_rng(0)
+    carry: Optional[dict] = None
     for big in batches:
+        if carry is not None:
+            big = {k: _concat(carry[k], v) for k, v in big.items()}
         n = len(next(iter(big.values()))) if big else 0
         if n == 0:
             continue
         order = np.argsort(_sizes(big), kind="stable")
-        cuts = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        full = n - n % batch_size
+        carry = _take(big, order[full:]) if full < n else None
+        cuts = [order[i:i + batch_size] for i in range(0, full, batch_size)]
         for j in rng.permutation(len(cuts)):
             yield _take(big, cuts[j])
+    if carry is not None:
+        yield carry
+
+
+def _concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two numpy columns end to end; ragged (object) and fixed-shape ones mix as object rows."""
+    if a.dtype != object and b.dtype != object and a.shape[1:] == b.shape[1:]:
+        return np.concatenate([a, b])
+    out = np.empty(len(a) + len(b), dtype=object)
+    for i, row in enumerate(itertools.chain(a, b)):
+        out[i] = row
+    return out
 
 
 def group_rows(batch_size: int, group: int) -> int:

@@ -58,7 +58,7 @@ class TrainConfig:
                 "once the best one is copied out"})
     length_group: int = field(default=50, metadata={
         "help": "batches read at a time whose rows are sorted by sub-word length before they "
-                "are cut into batches (less padding; same sentences per step, same steps); "
+                "are cut into batches (less padding; same sentences per step); "
                 "1: batches as read"})
     seed: int = field(default=42, metadata={"help": "random seed"})
 
