@@ -97,10 +97,11 @@ def prepare_model(spec: str, layers, seed: int, work: Path) -> Path:
 def label_config(model: Path, corpus: Path, store: Path, args):
     from xner_ray.labeling.pipeline import LabelConfig
 
+    actors, threads = args.ray_layout if args.ray_layout else (None, None)
     return LabelConfig(teachers=[str(model)], inputs=[{"path": str(corpus), "lang": LANG}],
                        store=str(store), run_id=RUN_ID, selector=args.selector,
                        batch_size=args.batch_size, block_rows=args.block_rows,
-                       max_length=args.max_length)
+                       max_length=args.max_length, num_actors=actors, threads=threads)
 
 
 def run_ray(model: Path, corpus: Path, store: Path, args) -> dict:
@@ -242,11 +243,14 @@ def start_ray() -> dict:
 
 
 def actor_layout(model: Path, tmp: Path, args) -> dict:
+    from xner_ray.cluster import LIGHT_CPUS
     from xner_ray.labeling.pipeline import _teacher_resources
 
     res = _teacher_resources(label_config(model, tmp / "x.conll", tmp / "layout", args))
-    return {"read_tasks": {"num_cpus": 0.25, "per": "input file"},
-            "subword_stage": {"concurrency": 1, "num_cpus": 0.25},
+    return {"read_tasks": {"num_cpus": LIGHT_CPUS, "per": "input file"},
+            "subword_stage": {"max_actors": res["concurrency"],
+                              "num_cpus": round(LIGHT_CPUS / res["concurrency"], 3)},
+            "select_stage": {"num_cpus": LIGHT_CPUS}, "write_tasks": {"num_cpus": LIGHT_CPUS},
             "teacher_stage": res}
 
 
@@ -268,6 +272,10 @@ def main(argv=None) -> int:
                    help="a row-scope selector spec (the plain loop has no set-scope pass)")
     p.add_argument("--plain-threads", type=int, default=os.cpu_count(),
                    help="torch threads of the plain loop (default: all cores, torch's default)")
+    p.add_argument("--ray-layout", default=None, metavar="ACTORSxTHREADS",
+                   type=lambda v: tuple(int(x) for x in v.lower().split("x")),
+                   help="teacher actors x torch threads of the Ray path (default: "
+                        "cluster.inference_layout's choice, 2x1 on 2 CPUs)")
     p.add_argument("--hf", choices=("auto", "on", "off"), default="auto",
                    help="HF pipeline row: auto = only when a GPU is present")
     p.add_argument("--no-warmup", action="store_true",
@@ -313,6 +321,8 @@ def main(argv=None) -> int:
                          "sizes": args.sizes, "reps": args.reps, "batch_size": args.batch_size,
                          "block_rows": args.block_rows, "max_length": args.max_length,
                          "selector": args.selector, "plain_threads": args.plain_threads,
+                         "ray_layout": "x".join(map(str, args.ray_layout)) if args.ray_layout
+                         else "auto",
                          "data": args.data, "hf_pipeline": hf},
               "ray_fixed_cost": {**fixed, "cold_first_job": cold}, "actor_layout": layout,
               "sizes": sizes, "measure_seconds": round(total, 1), **meta}
@@ -364,7 +374,9 @@ def _md_header(r: dict) -> list[str]:
         f"{b['plain_threads']}; {b['reps']} repetitions per size, interleaved Ray, plain"
         + (", HF" if b["hf_pipeline"] else "") + f"; measuring took {r['measure_seconds']} s.", "",
         f"Actor layout: teacher {layout['teacher_stage']}, subword stage "
-        f"{layout['subword_stage']}, read tasks {layout['read_tasks']}.",
+        f"{layout['subword_stage']}, read tasks {layout['read_tasks']}"
+        + (f", select stage {layout['select_stage']}, write tasks {layout['write_tasks']}"
+           if "select_stage" in layout else "") + f" (layout: {b.get('ray_layout', 'auto')}).",
         f"Ray fixed cost (once per process, not in the table): `init_ray()` {f['init_ray_s']} s "
         f"on {f['cluster']}."
         + (f" Cold first job ({cold['sentences']} sentences, untimed warm-up): Ray "
