@@ -12,7 +12,8 @@ worker (the accelerator waited for it) and padded them to the longest of 16 rand
   :func:`xner_ray.models.classifier.encode_words` (truncated at the same sub-word cap, the
   closing special tokens kept, words past the cap at position -1; tested equal on real data),
   padded to a multiple of ``pad_multiple`` (8: tensor-core friendly widths).
-- :func:`length_grouped` is the loop's batching: it reads ``group`` batches' worth of rows,
+- :func:`length_grouped` is the loop's batching when ``TrainConfig.length_group`` > 1 (opt-in,
+  see docs/DECISIONS.md): it reads ``group`` batches' worth of rows,
   sorts them by sub-word length, cuts them into batches of the configured size and shuffles
   the batches' order (Hugging Face ``group_by_length``): the same sentences per step, the same
   steps per epoch (rows left over from a group join the next one), less padding.
