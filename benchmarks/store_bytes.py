@@ -1,19 +1,22 @@
 """Stored bytes per million sentences (issue 14 item 4): today's store layout against the one
-before, on the same labeled rows.
+before, on the same sentences and teacher.
 
-One labeling round through the product's Ray pipeline (``label()``) writes the store as it is
-today: soft labels as ``list<list<float16>>``, files of up to 65,536 rows
-(``LabelConfig.rows_per_file``) each one row group, zstd. The "before" layout is the same rows
-rewritten as the previous writer did: soft labels as float32, one file and row group per
-``--block-rows`` rows (one write call per labeled block), zstd. Both are measured as bytes on
-disk per table, scaled to a million sentences (bytes / sentences x 1e6: the layout's size is
-linear in the rows once files hold more than a few blocks).
+- now: one labeling round through the product's Ray pipeline (``label()``): soft labels stored
+  as ``list<list<float16>>``, files of up to 65,536 rows (``LabelConfig.rows_per_file``), each
+  one row group, zstd;
+- before: the same round labeled again in-process with the previous layout: soft labels stored
+  as the teacher's float32 values (the float16 storage type switched off for this run), one
+  file and row group per ``--block-rows`` rows (what one write call per labeled block gave),
+  zstd.
+
+Both are measured as bytes on disk per table and scaled to a million sentences (bytes /
+sentences x 1e6: linear once files hold more than a few blocks).
 
     python benchmarks/store_bytes.py --model outputs/direct_transfer/cpu   # a trained teacher
     python benchmarks/store_bytes.py --model tiny --results /tmp/x          # smoke: tiny BERT
 
-What is not changed, and so not in the gain: the sentences table is still written once per
-round (a multi-round run such as RIKD stores the tokens again in every round).
+Not changed, so not in the gain: the sentences table is still written once per round (a
+multi-round run such as RIKD stores the tokens again in every round).
 """
 
 from __future__ import annotations
@@ -56,27 +59,6 @@ def table_files(store: Path) -> dict[str, list[Path]]:
     return out
 
 
-def rewrite_before(files: list[Path], dest: Path, block_rows: int) -> list[Path]:
-    """The rows of ``files`` in the previous layout: float32 soft labels, one file (one row
-    group) per ``block_rows`` rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for f in files:
-        t = pq.read_table(f)
-        if "probs" in t.column_names:
-            i = t.column_names.index("probs")
-            t = t.set_column(i, "probs", t.column("probs").cast(pa.list_(pa.list_(pa.float32()))))
-        for k in range(0, t.num_rows, block_rows):
-            p = dest / f"{f.stem}-{k // block_rows:05d}.parquet"
-            pq.write_table(t.slice(k, block_rows), p, compression="zstd",
-                           row_group_size=block_rows)
-            out.append(p)
-    return out
-
-
 def row_groups(files: list[Path]) -> list[int]:
     import pyarrow.parquet as pq
 
@@ -89,8 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=str(REPO / "outputs" / "direct_transfer" / "cpu"),
                     help="teacher folder ('tiny': the tests' tiny random BERT)")
     ap.add_argument("--data", nargs="+", default=[
-        str(REPO.parent / "shared/data/conll2002-es/train.txt"),
-        str(REPO.parent / "shared/data/conll2002-nl/train.txt")])
+        str(REPO.parent / "shared/data/conll2002-es/train.txt")])
     ap.add_argument("--block-rows", type=int, default=256)
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
@@ -102,17 +83,30 @@ def main(argv=None) -> int:
     try:
         model = _model(args.model, work)
         init_ray()
-        store = work / "store"
+        store, old_store = work / "store", work / "before"
         inputs = [{"path": p, "lang": Path(p).parent.name.split("-")[-1], "fmt": "conll"}
                   for p in args.data]
         t0 = time.time()
         counts = label(LabelConfig(teachers=[model], inputs=inputs, store=str(store),
                                    run_id="bytes", block_rows=args.block_rows))
         seconds = round(time.time() - t0, 1)
+        from xner_ray.store import schema as S
+
+        stored_as = dict(S.STORED_AS)
+        S.STORED_AS.clear()  # the previous layout: the teacher's float32 soft labels
+        try:
+            old_counts = label(LabelConfig(teachers=[model], inputs=inputs, store=str(old_store),
+                                           run_id="bytes", block_rows=args.block_rows,
+                                           rows_per_file=args.block_rows, local=True))
+        finally:
+            S.STORED_AS.update(stored_as)
         n_sent = sum(c["sentences"] for c in counts.values())
+        if n_sent != sum(c["sentences"] for c in old_counts.values()):
+            raise RuntimeError(f"not the same rows: {counts} vs {old_counts}")
         rows = []
+        old_files = table_files(old_store)
         for table, files in table_files(store).items():
-            before = rewrite_before(files, work / "before" / table, args.block_rows)
+            before = old_files[table]
             b_new = sum(f.stat().st_size for f in files)
             b_old = sum(f.stat().st_size for f in before)
             rows.append({"table": table, "sentences": n_sent,
@@ -149,9 +143,9 @@ def markdown(r: dict) -> str:
              f"({', '.join(Path(p).parent.name + '/' + Path(p).name for p in r['data'])}) "
              f"through `label()` on Ray with teacher `{r['model']}`; the store as written now "
              "(float16 soft labels, files of up to 65,536 rows in one row group each, zstd) "
-             "against the same rows rewritten in the previous layout (float32 soft labels, one "
-             f"file and row group per {r['block_rows']}-row block, zstd). MiB per million "
-             "sentences = bytes / sentences x 10^6.", "",
+             "against the same sentences labeled again in-process in the previous layout (the "
+             f"teacher's float32 soft labels, one file and row group per {r['block_rows']}-row "
+             "block, zstd). MiB per million sentences = bytes / sentences x 10^6.", "",
              "| table | files before | files now | rows per row group before | now | "
              "MiB per 1M sentences before | now | before / now |",
              "|---|---|---|---|---|---|---|---|"]

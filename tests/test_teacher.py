@@ -26,8 +26,9 @@ def test_train_teacher_with_ray_train_then_evaluate(ray_cluster, tiny_model_dir,
     # one broken line: the sentence is rejected and written out, training goes on
     dev.write_text(dev.read_text() + "en:Broken\n\n", encoding="utf-8")
     out = tmp_path / "teacher"
+    # length_group 4: batches cut from 64-row groups sorted by length, still 6 steps an epoch
     cfg = TeacherConfig(train=str(train), dev=str(dev), out=str(out), model=str(tiny_model_dir),
-                        epochs=2, batch_size=16, lr=1e-3)
+                        epochs=2, batch_size=16, lr=1e-3, length_group=4)
     assert train_teacher(cfg) == out
 
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
