@@ -146,6 +146,16 @@ def _viterbi_cpu(log_probs: np.ndarray, lengths: np.ndarray, ls: LabelSet) -> np
 
 
 @numba.njit(cache=True, nogil=True)
+def _first_max(values):  # pragma: no cover - compiled
+    """Index of the largest value, the first on ties (``np.argmax``)."""
+    a = 0
+    for y in range(1, len(values)):
+        if values[y] > values[a]:
+            a = y
+    return a
+
+
+@numba.njit(cache=True, nogil=True)
 def _viterbi_bio(emit, offsets, start, i_cols, lo_i, hi_i, out):  # pragma: no cover - compiled
     """BIO Viterbi of each sentence of a flat [N, L] float64 array (floored), compiled by numba:
     the recurrence of :func:`xner_ray.labels.viterbi_batch` with the BIO structure of
@@ -168,12 +178,8 @@ def _viterbi_bio(emit, offsets, start, i_cols, lo_i, hi_i, out):  # pragma: no c
         for y in range(n_lab):
             score[y] = emit[o, y] + start[y]
         for t in range(1, n):
-            a = 0
-            m = score[0]
-            for y in range(1, n_lab):
-                if score[y] > m:
-                    m = score[y]
-                    a = y
+            a = _first_max(score)
+            m = score[a]
             for y in range(n_lab):
                 prev[y] = score[y]
                 score[y] = m + emit[o + t, y]
@@ -188,12 +194,7 @@ def _viterbi_bio(emit, offsets, start, i_cols, lo_i, hi_i, out):  # pragma: no c
                 else:
                     score[c] = lo + emit[o + t, c]
                     back[t, c] = lo_i[j]
-        c = 0
-        m = score[0]
-        for y in range(1, n_lab):
-            if score[y] > m:
-                m = score[y]
-                c = y
+        c = _first_max(score)
         out[o + n - 1] = c
         for t in range(n - 1, 0, -1):
             c = back[t, c]
