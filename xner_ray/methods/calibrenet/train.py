@@ -23,11 +23,13 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from xner_ray.logs import log_progress
 from xner_ray.methods.calibrenet.data import DevSet, calibrated_scores
 from xner_ray.methods.calibrenet.encode import CalibInstance, encode_instances
 from xner_ray.methods.calibrenet.pbr import mask_tokens
 
 logger = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 60.0  # a progress line at most this often while training
 
 
 def _f(default, help_: str):
@@ -166,12 +168,19 @@ def train_calibrenet(cfg: CalibreNetConfig, train: Sequence[CalibInstance],
     total = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
     opt, sched = _optimizer(model, cfg, total)
     gen = torch.Generator().manual_seed(cfg.seed + rank)
-    state = {"step": 0, "losses": [], "evals": [], "best": None, "skipped": 0, "t0": time.time()}
+    state = {"step": 0, "losses": [], "evals": [], "best": None, "skipped": 0, "t0": time.time(),
+             "logged": time.time()}
     for epoch in range(cfg.epochs):
         for chunk in _batches(train, cfg, epoch, rank, world_size):
             if state["step"] >= total:
                 break
             _train_step(runner, opt, sched, tok, chunk, model, cfg, device, gen, state)
+            if rank == 0 and time.time() - state["logged"] >= PROGRESS_EVERY_S:
+                state["logged"] = time.time()
+                recent = [x["loss"] for x in state["losses"][-50:]]
+                log_progress(logger, f"[calibrenet] {cfg.out}", state["step"], total,
+                             unit="steps", rate=state["step"] / (time.time() - state["t0"]),
+                             loss=sum(recent) / max(1, len(recent)))
             if dev is not None and state["step"] % cfg.eval_every == 0:
                 _evaluate(model, tok, dev, cfg, device, rank, state)
     if dev is not None and (not state["evals"] or state["evals"][-1]["step"] != state["step"]):
