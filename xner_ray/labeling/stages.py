@@ -99,17 +99,9 @@ class SubwordStage:
         self.tokenizer.model_max_length = int(1e30)
 
     def __call__(self, batch: Batch) -> pa.Table:
-        words = _column(batch, "tokens")
-        enc = self.tokenizer(words, is_split_into_words=True, truncation=False)
-        ids, firsts, n_cut = [], [], []
-        for i, sent in enumerate(words):
-            w = np.array([-1 if x is None else x for x in enc.word_ids(i)], dtype=np.int64)
-            first = np.flatnonzero((w >= 0) & (w != np.concatenate([[-1], w[:-1]])))
-            pos = np.full(len(sent), -1, dtype=np.int32)
-            pos[w[first]] = first
-            ids.append(enc["input_ids"][i])
-            firsts.append(pos)
-            n_cut.append(int((pos < 0).sum()))
+        from xner_ray.models.classifier import subword_ids
+
+        ids, firsts, n_cut = subword_ids(self.tokenizer, _column(batch, "tokens"))
         table = _table(batch)
         return (table.append_column("input_ids", pa.array(ids, pa.list_(pa.int32())))
                 .append_column("word_pos", pa.array(firsts, pa.list_(pa.int32())))

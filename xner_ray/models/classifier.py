@@ -160,6 +160,25 @@ def encode_words(tokenizer, words: Sequence[Sequence[str]], tags=None, label2id=
     return EncodedBatch(enc["input_ids"], enc["attention_mask"], labels, firsts)
 
 
+def subword_ids(tokenizer, words: Sequence[Sequence[str]]
+                ) -> tuple[list[list[int]], list[np.ndarray], list[int]]:
+    """Whole sentences (never cut) as sub-word ids, specials included: ``(ids, word_pos,
+    n_without)`` per sentence -- each word's first sub-word position (-1 for a word the
+    tokenizer maps to nothing) and how many such words. The labeling ``SubwordStage`` and the
+    training inputs (``train.inputs``) both take their columns from here."""
+    enc = tokenizer([list(w) for w in words], is_split_into_words=True, truncation=False)
+    ids, firsts, n_without = [], [], []
+    for i, sent in enumerate(words):
+        w = np.array([-1 if x is None else x for x in enc.word_ids(i)], dtype=np.int64)
+        first = np.flatnonzero((w >= 0) & (w != np.concatenate([[-1], w[:-1]])))
+        pos = np.full(len(sent), -1, dtype=np.int32)
+        pos[w[first]] = first
+        ids.append(enc["input_ids"][i])
+        firsts.append(pos)
+        n_without.append(int((pos < 0).sum()))
+    return ids, firsts, n_without
+
+
 def first_subwords(enc, words: Sequence[Sequence[str]], tags=None, label2id=None,
                    sequence: Optional[int] = None):
     """``(labels, firsts)`` of a tokenizer batch: each word's first sub-word position (-1 when

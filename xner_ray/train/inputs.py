@@ -6,7 +6,8 @@ worker (the accelerator waited for it) and padded them to the longest of 16 rand
 - :func:`tokenize_stage` is a Ray Data stage that :func:`xner_ray.train.loop.fit` puts in front
   of the trainer for steps that declare ``pretokenized = True``: each sentence's sub-word ids
   and each word's first sub-word position (the labeling ``SubwordStage``'s columns, computed by
-  the same code), in read tasks that run beside the trainer, not inside its step.
+  the same function, ``models.classifier.subword_ids``), in tasks that run beside the trainer,
+  not inside its step.
 - :func:`encode_pretokenized` builds the step's tensors from those columns with numpy: the same
   ``input_ids`` / ``attention_mask`` / labels / first sub-words as
   :func:`xner_ray.models.classifier.encode_words` (truncated at the same sub-word cap, the
@@ -35,18 +36,23 @@ PRETOKENIZED = ("input_ids", "word_pos")
 
 
 @functools.lru_cache(maxsize=4)
-def _subword_stage(tokenizer_path: str):
-    from xner_ray.labeling.stages import SubwordStage
+def _tokenizer(tokenizer_path: str):
+    from xner_ray.models.classifier import load_tokenizer
 
-    return SubwordStage(tokenizer_path)
+    tok = load_tokenizer(tokenizer_path)
+    tok.model_max_length = int(1e30)  # whole sentences here; the step applies the cap
+    return tok
 
 
 def tokenize_stage(batch: pa.Table, tokenizer_path: str) -> pa.Table:
     """Ray Data ``map_batches`` function: adds ``input_ids`` and ``word_pos`` (whole sentences,
     never cut here; the step applies the training cap). The tokenizer is loaded once per worker
     process."""
-    out = _subword_stage(tokenizer_path)(batch)
-    return out.drop_columns(["n_truncated"])
+    from xner_ray.models.classifier import subword_ids
+
+    ids, firsts, _ = subword_ids(_tokenizer(tokenizer_path), batch.column("tokens").to_pylist())
+    return (batch.append_column("input_ids", pa.array(ids, pa.list_(pa.int32())))
+            .append_column("word_pos", pa.array(firsts, pa.list_(pa.int32()))))
 
 
 @functools.lru_cache(maxsize=8)
