@@ -48,9 +48,9 @@ BUDGETS = {
                   finetune=dict(batch_size=16, max_steps=20, eval_every=10, lr=1e-4),
                   pretrain=dict(batch_size=8, max_steps=2, lr=1e-4, max_length=192),
                   max_sentences=200),
-    # 2 CPUs: the direct-transfer CPU teacher's 6 layers; steps capped to about 40 min per
-    # variant (not the paper's epochs: 1,000 fine-tuning steps of 16 are ~16k of the ~23k
-    # English train instances once; 300 PBR steps)
+    # 2 CPUs: the direct-transfer CPU teacher's 6 layers; steps capped (not the paper's epochs:
+    # 1,000 fine-tuning steps of 16 see ~16k of the ~23k English train instances once; 300 PBR
+    # steps per stage). Still slow: the first of three PBR stages took 54 min on 2 shared cores
     "cpu": dict(layers=6, teacher=None,
                 finetune=dict(batch_size=16, max_steps=1000, eval_every=250, lr=5e-5),
                 pretrain=dict(batch_size=16, max_steps=300, lr=5e-5, max_length=256),

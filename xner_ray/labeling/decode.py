@@ -60,7 +60,6 @@ class LabelSet:
         self.pair_lo = np.array([p[0] for p in prevs], dtype=np.int64)
         self.pair_hi = np.array([p[-1] for p in prevs], dtype=np.int64)
         self.start_np = np.where(allowed_starts(self.labels), 0.0, -np.inf)
-        self.allowed_np = allowed
 
 
 @dataclass

@@ -199,14 +199,11 @@ class TeacherStage:
     def _windows(self, tokenizer_path: str, max_length: Optional[int],
                  overlap: Optional[int]) -> None:
         """The sub-word limit per forward and the special tokens around a sentence."""
-        from xner_ray.models.classifier import load_tokenizer, position_limit
+        from xner_ray.models.classifier import load_tokenizer, position_limit, special_counts
 
         try:
             tok = load_tokenizer(tokenizer_path)
-            word_ids = tok([["a"]], is_split_into_words=True).word_ids(0)
-            first = word_ids.index(0)
-            self.prefix, self.suffix = first, len(word_ids) - 1 - max(
-                i for i, w in enumerate(word_ids) if w is not None)
+            self.prefix, self.suffix = special_counts(tok)
         except (OSError, ValueError) as exc:
             raise ValueError(f"{tokenizer_path}: no usable tokenizer to find the special tokens "
                              f"around a sentence ({exc})") from exc

@@ -7,6 +7,7 @@ safetensors only (never by unpickling a file a user did not make) and without re
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -158,6 +159,15 @@ def encode_words(tokenizer, words: Sequence[Sequence[str]], tags=None, label2id=
                     return_tensors="pt")
     labels, firsts = first_subwords(enc, words, tags, label2id)
     return EncodedBatch(enc["input_ids"], enc["attention_mask"], labels, firsts)
+
+
+@functools.lru_cache(maxsize=16)
+def special_counts(tokenizer) -> tuple[int, int]:
+    """(special tokens before a sentence, special tokens after it) of a fast tokenizer (cached
+    per tokenizer object: training steps ask on every batch)."""
+    word_ids = tokenizer([["a"]], is_split_into_words=True).word_ids(0)
+    last = max(i for i, w in enumerate(word_ids) if w is not None)
+    return word_ids.index(0), len(word_ids) - 1 - last
 
 
 def subword_ids(tokenizer, words: Sequence[Sequence[str]]

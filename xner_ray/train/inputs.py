@@ -55,23 +55,14 @@ def tokenize_stage(batch: pa.Table, tokenizer_path: str) -> pa.Table:
             .append_column("word_pos", pa.array(firsts, pa.list_(pa.int32()))))
 
 
-@functools.lru_cache(maxsize=8)
-def specials(tokenizer) -> tuple[int, int]:
-    """(special tokens before a sentence, after it) of a tokenizer."""
-    word_ids = tokenizer([["a"]], is_split_into_words=True).word_ids(0)
-    first = word_ids.index(0)
-    last = max(i for i, w in enumerate(word_ids) if w is not None)
-    return first, len(word_ids) - 1 - last
-
-
 def encode_pretokenized(tokenizer, batch, tags=None, label2id=None, max_length: int = 512,
                         pad_multiple: int = 8) -> EncodedBatch:
     """:func:`~xner_ray.models.classifier.encode_words`'s batch from pre-tokenized columns
     (``input_ids``, ``word_pos``: one sequence per sentence, specials included)."""
-    from xner_ray.models.classifier import max_tokens
+    from xner_ray.models.classifier import max_tokens, special_counts
 
     cap = max_tokens(tokenizer, max_length)
-    _, suffix = specials(tokenizer)
+    _, suffix = special_counts(tokenizer)
     ids_in, pos_in = batch["input_ids"], batch["word_pos"]
     n = len(ids_in)
     seqs, firsts = [], []
@@ -107,11 +98,11 @@ def encode(ctx, batch, tags=None) -> EncodedBatch:
     shared loop's path), else tokenized here (a step called on raw words, e.g. in tests)."""
     from xner_ray.models.classifier import encode_words
 
-    words = [list(t) for t in batch["tokens"]]
+    label2id = ctx.label2id if tags is not None else None
     if all(c in batch for c in PRETOKENIZED):
-        return encode_pretokenized(ctx.tokenizer, batch, tags, ctx.label2id if tags is not None
-                                   else None, max_length=ctx.max_length)
-    return encode_words(ctx.tokenizer, words, tags, ctx.label2id if tags is not None else None,
+        return encode_pretokenized(ctx.tokenizer, batch, tags, label2id,
+                                   max_length=ctx.max_length)
+    return encode_words(ctx.tokenizer, [list(t) for t in batch["tokens"]], tags, label2id,
                         max_length=ctx.max_length)
 
 
