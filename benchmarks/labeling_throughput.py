@@ -243,15 +243,21 @@ def start_ray() -> dict:
 
 
 def actor_layout(model: Path, tmp: Path, args) -> dict:
+    """The actor pools of the Ray path, read off the plan ``label()`` builds."""
     from xner_ray.cluster import LIGHT_CPUS
-    from xner_ray.labeling.pipeline import _teacher_resources
+    from xner_ray.labeling.pipeline import _teacher_resources, build_plan
 
-    res = _teacher_resources(label_config(model, tmp / "x.conll", tmp / "layout", args))
-    return {"read_tasks": {"num_cpus": LIGHT_CPUS, "per": "input file"},
-            "subword_stage": {"max_actors": res["concurrency"],
-                              "num_cpus": round(LIGHT_CPUS / res["concurrency"], 3)},
-            "select_stage": {"num_cpus": LIGHT_CPUS}, "write_tasks": {"num_cpus": LIGHT_CPUS},
-            "teacher_stage": res}
+    cfg = label_config(model, tmp / "x.conll", tmp / "layout", args)
+    plan = build_plan(cfg, [], sink=None, rejects=None)
+    pools = []
+    for s in plan.stages:
+        names = ([c.__name__ for c, _, _ in s.args[0]] if s.cls.__name__ == "_Chain"
+                 else [s.cls.__name__])
+        pools.append({"stages": "+".join(names), "num_cpus": s.num_cpus,
+                      "num_gpus": s.num_gpus, "actors": [s.min_actors, s.max_actors]})
+    return {"read_tasks": {"num_cpus": plan.read_cpus, "per": "input file"},
+            "pools": pools, "write_tasks": {"num_cpus": LIGHT_CPUS},
+            "teacher_stage": _teacher_resources(cfg)}
 
 
 def main(argv=None) -> int:
@@ -373,10 +379,13 @@ def _md_header(r: dict) -> list[str]:
         f"{b['block_rows']}, max_length {b['max_length']}, plain-loop torch threads "
         f"{b['plain_threads']}; {b['reps']} repetitions per size, interleaved Ray, plain"
         + (", HF" if b["hf_pipeline"] else "") + f"; measuring took {r['measure_seconds']} s.", "",
-        f"Actor layout: teacher {layout['teacher_stage']}, subword stage "
-        f"{layout['subword_stage']}, read tasks {layout['read_tasks']}"
-        + (f", select stage {layout['select_stage']}, write tasks {layout['write_tasks']}"
-           if "select_stage" in layout else "") + f" (layout: {b.get('ray_layout', 'auto')}).",
+        (f"Actor pools (in order): {layout['pools']}; teacher {layout['teacher_stage']}; "
+         f"read tasks {layout['read_tasks']}, write tasks {layout['write_tasks']} "
+         f"(layout: {b.get('ray_layout', 'auto')})." if "pools" in layout else
+         f"Actor layout: teacher {layout['teacher_stage']}, subword stage "
+         f"{layout['subword_stage']}, read tasks {layout['read_tasks']}"
+         + (f", select stage {layout['select_stage']}, write tasks {layout['write_tasks']}"
+            if "select_stage" in layout else "") + f" (layout: {b.get('ray_layout', 'auto')})."),
         f"Ray fixed cost (once per process, not in the table): `init_ray()` {f['init_ray_s']} s "
         f"on {f['cluster']}."
         + (f" Cold first job ({cold['sentences']} sentences, untimed warm-up): Ray "

@@ -73,6 +73,27 @@ def test_ray_runner_gives_the_same_rows(ray_cluster, tmp_path):
     assert _rows(records) == local
 
 
+class AddOne:
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return table.set_column(table.schema.get_field_index("y"), "y",
+                                pa.array([v + 1 for v in table.column("y").to_pylist()]))
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_fused_stages_run_in_order_in_one_pool(request, tmp_path, local):
+    """``engine.fuse``: the stages apply in their order (x3 then +1, not +1 then x3) with the
+    resources of the stage named, as the unfused chain would."""
+    if not local:
+        request.getfixturevalue("ray_cluster")
+    like = engine.Stage(Double, (3,), batch_size=3, num_cpus=0.2)
+    fused = engine.fuse([like, engine.Stage(AddOne)], like=like)
+    assert (fused.batch_size, fused.num_cpus, fused.max_actors) == (3, 0.2, 1)
+    plan = _plan(tmp_path, "fused")
+    plan.stages = [fused]
+    assert _rows(engine.run(plan, local=local)) == sorted(
+        (i, 3 * i + 1) for it in (1, 2, 3) for i in range(it * 100, it * 100 + 10))
+
+
 @pytest.mark.parametrize("local", [True, False])
 def test_progress_counts_every_row_on_both_runners(request, tmp_path, caplog, local):
     """A plan with ``progress`` logs count, rate and -- with a total -- the share done; the

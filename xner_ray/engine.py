@@ -39,6 +39,29 @@ class Stage:
     max_actors: int = 1
 
 
+def fuse(stages: Sequence[Stage], like: Stage) -> Stage:
+    """``stages`` run one after another inside each actor of one pool, with ``like``'s
+    resources and batch size. On CPU-only nodes every extra actor pool is a process to start
+    (imports, its model or tokenizer) and a hop of each block through the object store, on the
+    same cores the model needs; fused, a block goes read -> one actor -> write. A GPU layout
+    keeps its stages apart, so that the GPU actor does not wait on CPU work."""
+    specs = tuple((s.cls, s.args, s.kwargs) for s in stages)
+    return Stage(_Chain, (specs,), batch_size=like.batch_size, num_cpus=like.num_cpus,
+                 num_gpus=like.num_gpus, min_actors=like.min_actors, max_actors=like.max_actors)
+
+
+class _Chain:
+    """Stages applied in order to each batch (see :func:`fuse`)."""
+
+    def __init__(self, specs):
+        self.stages = [cls(*args, **kwargs) for cls, args, kwargs in specs]
+
+    def __call__(self, batch):
+        for stage in self.stages:
+            batch = stage(batch)
+        return batch
+
+
 @dataclass
 class Plan:
     """Items -> read -> stages -> sink. ``read(item)`` yields Arrow tables of ``schema``."""

@@ -181,16 +181,22 @@ def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> "engine.Plan":
                    max_length=cfg.max_length,
                    threads=res["threads"], teacher_id=_teacher_id(cfg), combine=cfg.combine,
                    lang_scorers=cfg.lang_scorers)
+    teacher_stage = engine.Stage(TeacherStage, (cfg.teachers,), teacher,
+                                 batch_size=cfg.block_rows, num_cpus=res["num_cpus"],
+                                 num_gpus=res["num_gpus"], min_actors=res["min_actors"],
+                                 max_actors=res["concurrency"])
     stages = [
         # tokenizing is cheap next to the model: one light actor, more when teachers wait
         engine.Stage(SubwordStage, (cfg.teachers[0], cfg.max_length), batch_size=cfg.block_rows,
                      num_cpus=LIGHT_CPUS / res["concurrency"], max_actors=res["concurrency"]),
-        engine.Stage(TeacherStage, (cfg.teachers,), teacher, batch_size=cfg.block_rows,
-                     num_cpus=res["num_cpus"], num_gpus=res["num_gpus"],
-                     min_actors=res["min_actors"], max_actors=res["concurrency"]),
+        teacher_stage,
         engine.Stage(SelectStage, (cfg.selector,), batch_size=cfg.block_rows,
                      num_cpus=LIGHT_CPUS),
     ]
+    if not res["num_gpus"] and not cfg.local:
+        # CPU teachers: tokenize, label and select inside each teacher actor (engine.fuse;
+        # measured in benchmarks/labeling_throughput.py)
+        stages = [engine.fuse(stages, like=teacher_stage)]
     read = partial(_read_item, max_words=cfg.max_words, rows=cfg.block_rows, rejects=rejects)
     langs = ",".join(sorted({spec.lang for _, spec in inputs}))
     return engine.Plan(items=inputs, read=read, stages=stages, sink=sink,

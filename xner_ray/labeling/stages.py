@@ -91,12 +91,11 @@ class SubwordStage:
     """
 
     def __init__(self, tokenizer_path: str, max_length: int = 512):
-        from xner_ray.models.classifier import load_tokenizer, max_tokens
+        from xner_ray.models.classifier import max_tokens, shared_tokenizer
 
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        # a long sentence is windowed later, not an error: subword_ids does not warn about it
+        self.tokenizer = shared_tokenizer(tokenizer_path)
         self.max_length = max_tokens(self.tokenizer, max_length)
-        # a long sentence is windowed later, not an error: no "longer than max" warning
-        self.tokenizer.model_max_length = int(1e30)
 
     def __call__(self, batch: Batch) -> pa.Table:
         from xner_ray.models.classifier import subword_ids
@@ -199,10 +198,10 @@ class TeacherStage:
     def _windows(self, tokenizer_path: str, max_length: Optional[int],
                  overlap: Optional[int]) -> None:
         """The sub-word limit per forward and the special tokens around a sentence."""
-        from xner_ray.models.classifier import load_tokenizer, position_limit, special_counts
+        from xner_ray.models.classifier import position_limit, shared_tokenizer, special_counts
 
         try:
-            tok = load_tokenizer(tokenizer_path)
+            tok = shared_tokenizer(tokenizer_path)
             self.prefix, self.suffix = special_counts(tok)
         except (OSError, ValueError) as exc:
             raise ValueError(f"{tokenizer_path}: no usable tokenizer to find the special tokens "

@@ -46,6 +46,14 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+@functools.lru_cache(maxsize=4)
+def shared_tokenizer(name_or_path: str):
+    """One tokenizer per process for the stages fused into one actor (``engine.fuse``):
+    loading the 250k-piece vocabulary costs ~2 s of CPU, on the cores the model needs. Shared:
+    callers must not change it."""
+    return load_tokenizer(name_or_path)
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
@@ -176,7 +184,9 @@ def subword_ids(tokenizer, words: Sequence[Sequence[str]]
     n_without)`` per sentence -- each word's first sub-word position (-1 for a word the
     tokenizer maps to nothing) and how many such words. The labeling ``SubwordStage`` and the
     training inputs (``train.inputs``) both take their columns from here."""
-    enc = tokenizer([list(w) for w in words], is_split_into_words=True, truncation=False)
+    # verbose=False: no "longer than the specified maximum" warning -- callers window or cap
+    enc = tokenizer([list(w) for w in words], is_split_into_words=True, truncation=False,
+                    verbose=False)
     ids, firsts, n_without = [], [], []
     for i, sent in enumerate(words):
         w = np.array([-1 if x is None else x for x in enc.word_ids(i)], dtype=np.int64)
