@@ -239,7 +239,7 @@ def test_killed_write_task_commits_the_same_round(ray_cluster, tiny_teacher_dir,
             == connect(tmp_path / "clean").execute(query).fetchall())
 
 
-@pytest.mark.parametrize("job", ["tsl", "advpicker", "project", "calibrenet"])
+@pytest.mark.parametrize("job", ["tsl", "advpicker", "project", "calibrenet", "combined"])
 def test_jobs_writing_local_outputs_refuse_a_uri_out(job):
     """Only RIKD publishes students to a URI; the others say so in one line."""
     out = subprocess.run([sys.executable, f"jobs/{job}.py", "--config", f"configs/{job}_demo.yaml",

@@ -180,3 +180,22 @@ def test_nested_probs_matches_python_lists():
                         pa.list_(pa.list_(pa.float32())))
     assert nested_probs(probs, 4).equals(expected)
     assert len(nested_probs([], 4)) == 0
+
+
+def test_same_tokenizer_ignores_saved_truncation_and_padding(tiny_model_dir, tmp_path):
+    """A trained student's tokenizer.json keeps the truncation/padding its training switched
+    on; it still tokenizes like its encoder (RIKD round 1 with discriminators from another
+    folder). A different vocabulary is still refused."""
+    from xner_ray.labeling.pipeline import check_same_tokenizer
+    from xner_ray.models.classifier import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.backend_tokenizer.enable_truncation(max_length=128)
+    tok.backend_tokenizer.enable_padding()
+    tok.save_pretrained(tmp_path / "student")
+    check_same_tokenizer([str(tiny_model_dir), str(tmp_path / "student")])
+    other = load_tokenizer(str(tiny_model_dir))
+    other.add_tokens(["xnerraynewword"])
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="different tokenizers"):
+        check_same_tokenizer([str(tiny_model_dir), str(tmp_path / "other")])

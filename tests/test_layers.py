@@ -7,6 +7,7 @@ from a layer above. Siblings on one line (``a | b``) are independent: neither im
     jobs | demo
     report
     sqlshell
+    methods.combined (projection -> AdvPicker selection -> RIKD: built from the methods below)
     methods.tsl | methods.rikd | methods.advpicker | methods.projection
     methods.calibrenet (a refinement stage the distillation methods can run on their rounds)
     methods.common
@@ -32,6 +33,7 @@ LAYERS = [
     ["jobs", "demo"],
     ["report"],
     ["sqlshell"],
+    ["methods.combined"],
     ["methods.tsl", "methods.rikd", "methods.advpicker", "methods.projection"],
     ["methods.calibrenet"],
     ["methods.common"],

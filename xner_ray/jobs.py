@@ -1,5 +1,5 @@
-"""The jobs as commands: ``xner rikd | tsl | advpicker | project | calibrenet`` and
-``jobs/NAME.py``.
+"""The jobs as commands: ``xner rikd | tsl | advpicker | project | calibrenet | combined``
+and ``jobs/NAME.py``.
 
     xner NAME --config FILE [--set key=value ...] [--dry-run] [--address ADDR] [--allow-empty]
     python jobs/NAME.py ...     (the same command, for `ray job submit`)
@@ -54,6 +54,8 @@ JOBS: dict[str, Job] = {j.name: j for j in (
         "entity projection on parallel corpora, then target models"),
     Job("calibrenet", "xner_ray.methods.calibrenet", "CalibrenetConfig", "run_calibrenet",
         "CalibreNet: boundary calibration of a base tagger's labels on target text"),
+    Job("combined", "xner_ray.methods.combined", "CombinedConfig", "run_combined",
+        "projection + English teachers -> AdvPicker selection -> RIKD rounds (-> CalibreNet)"),
 )}
 
 

@@ -22,13 +22,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
 import pyarrow as pa
 
 from xner_ray.labeling.source import InputSpec
+
+if TYPE_CHECKING:
+    from xner_ray import engine
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +168,7 @@ class DecideStage:
                          "weight": out.column("weight"), "stage": pa.array([0] * n, pa.int32())})
 
 
-def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> "engine.Plan":
+def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> engine.Plan:
     """The labeling plan for ``inputs`` ((file, InputSpec) pairs)."""
     from functools import partial
 
@@ -236,13 +239,25 @@ def check_same_tokenizer(models: list[str]) -> None:
     """One sub-word stage feeds every teacher of an ensemble: they must share a tokenizer."""
     if len(models) < 2:
         return
-    from xner_ray.models.classifier import load_tokenizer
-
-    first = load_tokenizer(models[0]).backend_tokenizer.to_str()
+    first = _tokenizer_identity(models[0])
     for m in models[1:]:
-        if load_tokenizer(m).backend_tokenizer.to_str() != first:
+        if _tokenizer_identity(m) != first:
             raise ValueError(f"teachers {models[0]} and {m} use different tokenizers; an "
                              "ensemble needs one (label with each separately instead)")
+
+
+def _tokenizer_identity(model: str) -> dict:
+    """What makes two tokenizers the same: vocabulary, normalizer, pre-tokenizer, model and
+    post-processor -- not the truncation and padding a training run left switched on in the
+    saved file (a trained student's differs from its encoder's in those only)."""
+    import json
+
+    from xner_ray.models.classifier import load_tokenizer
+
+    spec = json.loads(load_tokenizer(model).backend_tokenizer.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return spec
 
 
 def _teacher_id(cfg: LabelConfig) -> str:

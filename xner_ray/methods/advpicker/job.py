@@ -69,16 +69,7 @@ class AdvPickerConfig(JobConfig):
         if bool(self.teachers) == bool(self.train_tladv):
             raise ValueError("give either `teachers` (trained TLADV folders) or `train_tladv`")
         if self.train_tladv is not None:
-            if not isinstance(self.train_tladv, dict):
-                raise ValueError("train_tladv must be a mapping of TladvConfig keys")
-            fixed = sorted(set(self.train_tladv) & set(JOB_SET_KEYS))
-            if fixed:
-                raise ValueError(f"train_tladv must not set {fixed}: the job sets them (seeds "
-                                 "from `seeds`, unlabeled text from `targets`)")
-            if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
-                    isinstance(s, int) for s in self.seeds):
-                raise ValueError(f"seeds must be distinct integers, got {self.seeds!r}")
-            tladv_config(self, self.seeds[0])  # validate the TLADV keys now
+            check_train_tladv(self)
         if isinstance(self.teachers, str):
             self.teachers = [self.teachers]
         if not 0.0 < self.rho <= 1.0:
@@ -87,8 +78,23 @@ class AdvPickerConfig(JobConfig):
             raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
 
 
-def tladv_config(cfg: AdvPickerConfig, seed: int):
-    """The TladvConfig of one seed's teacher."""
+def check_train_tladv(cfg) -> None:
+    """``train_tladv`` and ``seeds`` of a job config, checked before any work."""
+    if not isinstance(cfg.train_tladv, dict):
+        raise ValueError("train_tladv must be a mapping of TladvConfig keys")
+    fixed = sorted(set(cfg.train_tladv) & set(JOB_SET_KEYS))
+    if fixed:
+        raise ValueError(f"train_tladv must not set {fixed}: the job sets them (seeds from "
+                         "`seeds`, unlabeled text from `targets`)")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or not all(
+            isinstance(s, int) for s in cfg.seeds):
+        raise ValueError(f"seeds must be distinct integers, got {cfg.seeds!r}")
+    tladv_config(cfg, cfg.seeds[0])  # validate the TLADV keys now
+
+
+def tladv_config(cfg, seed: int):
+    """The TladvConfig of one seed's teacher (``cfg``: a job config with ``train_tladv``,
+    ``out``, ``source_dev`` and ``targets``: AdvPicker's, or the combined job's)."""
     from xner_ray import config as config_mod
     from xner_ray.methods.advpicker.tladv import TladvConfig
 
@@ -101,17 +107,18 @@ def tladv_config(cfg: AdvPickerConfig, seed: int):
     return config_mod.build(TladvConfig, values)
 
 
-def ensure_tladv_teachers(cfg: AdvPickerConfig) -> list[str]:
-    """The K teacher folders: given ones (checked), or trained now -- a seed whose folder
-    already holds a finished teacher (train_summary.json + discriminator) is reused."""
+def ensure_tladv_teachers(cfg, given: Optional[list]) -> list[str]:
+    """The K teacher folders: ``given`` ones (checked), or trained now from ``cfg``'s
+    ``train_tladv`` and ``seeds`` (see :func:`tladv_config`) -- a seed whose folder already
+    holds a finished teacher (train_summary.json + discriminator) is reused."""
     from xner_ray.methods.advpicker.tladv import has_discriminator, train_tladv
 
-    if cfg.teachers:
-        missing = [t for t in cfg.teachers if not has_discriminator(t)]
+    if given:
+        missing = [t for t in given if not has_discriminator(t)]
         if missing:
-            raise ValueError(f"teachers without a language discriminator: {missing} (train "
-                             "them with `train_tladv`)")
-        return [str(t) for t in cfg.teachers]
+            raise ValueError(f"TLADV teachers without a language discriminator: {missing} "
+                             "(train them with `train_tladv`)")
+        return [str(t) for t in given]
     out = []
     for seed in cfg.seeds:
         tcfg = tladv_config(cfg, seed)
@@ -128,7 +135,7 @@ def run_advpicker(cfg: AdvPickerConfig) -> dict:
     """Run (or resume) the job; returns {lang: summary}."""
 
     def body(store) -> dict:
-        teachers = ensure_tladv_teachers(cfg)
+        teachers = ensure_tladv_teachers(cfg, cfg.teachers)
         label_targets(cfg, store, teachers)
         return {t.lang: _distill_target(cfg, store, teachers, t) for t in cfg.targets}
 

@@ -13,6 +13,7 @@ submitted again resumes at round k, reusing rounds 0..k-1 unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -80,7 +81,8 @@ def run_rikd(cfg: RikdConfig) -> dict:
     def body(store) -> dict:
         teacher = ensure_teacher(cfg.teacher, cfg.train_teacher)
         dev, _ = read_labeled(cfg.source_dev, "source dev")
-        return {t.lang: _run_language(cfg, store, t, teacher, dev) for t in cfg.targets}
+        plan = RoundPlan(selector=cfg.selector, lang_scorers=cfg.lang_scorers)
+        return {t.lang: run_language(cfg, store, t, [teacher], dev, plan) for t in cfg.targets}
 
     return run_recorded(cfg, "rikd" if cfg.reinforce else "ikd", body)
 
@@ -90,7 +92,21 @@ def _student_dir(cfg: RikdConfig, lang: str, k: int) -> str:
     return uri.join(cfg.out, lang, f"round{k}")
 
 
-def _run_language(cfg: RikdConfig, store, target: TargetSpec, teacher: str, dev) -> list[dict]:
+@dataclass(frozen=True)
+class RoundPlan:
+    """How every round labels: the labeling selector applied before the policy, the TLADV
+    discriminators it reads, and round 0's source weights (TSL Eq. 6; None: one teacher, or the
+    labeling default, uniform)."""
+
+    selector: str = "keep_all"
+    lang_scorers: Optional[list] = None
+    weights: Optional[list] = None
+
+
+def run_language(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str], dev,
+                 plan: RoundPlan) -> list[dict]:
+    """The K rounds of one target: round 0 is labeled by ``teachers`` (one source teacher, or
+    several mixed with ``plan.weights``), round k+1 by round k's student."""
     summaries = []
     for k in range(cfg.rounds):
         student = _student_dir(cfg, target.lang, k)
@@ -104,13 +120,15 @@ def _run_language(cfg: RikdConfig, store, target: TargetSpec, teacher: str, dev)
             store.update_run(cfg.run_id, round=k, metrics={target.lang: summary})
             summaries.append(summary)
         else:
-            summaries.append(_run_round(cfg, store, target, teacher, k, dev))
-        teacher = student
+            summaries.append(_run_round(cfg, store, target, teachers, k, dev, plan))
+        teachers, plan = [student], dataclasses.replace(plan, weights=None)
     return summaries
 
 
-def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int, dev) -> dict:
-    """Label with ``teacher``, train the round's student, add the policy's decisions, commit."""
+def _run_round(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str], k: int, dev,
+               plan: RoundPlan) -> dict:
+    """Label with ``teachers``, train the round's student, add the policy's decisions,
+    commit."""
     from xner_ray.labeling.pipeline import LabelConfig, label_rounds
     from xner_ray.methods.calibrenet.pipeline import (calibrate_rounds, calibration_run,
                                                       select_calibrated)
@@ -121,10 +139,11 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
 
     t0 = time.monotonic()
     student = _student_dir(cfg, target.lang, k)
-    label_cfg = LabelConfig(teachers=[teacher], store=cfg.store, run_id=cfg.run_id, round=k,
+    label_cfg = LabelConfig(teachers=list(teachers), weights=plan.weights, store=cfg.store,
+                            run_id=cfg.run_id, round=k,
                             inputs=[{"path": target.unlabeled, "lang": target.lang,
-                                     "fmt": target.fmt}], selector=cfg.selector,
-                            lang_scorers=cfg.lang_scorers, **cfg.label)
+                                     "fmt": target.fmt}], selector=plan.selector,
+                            lang_scorers=plan.lang_scorers, **cfg.label)
     with label_rounds(label_cfg, store) as rounds:
         r = rounds[target.lang]
         n = r.counts["selected"]  # keep_all selects every row with weight 1
@@ -153,10 +172,13 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teacher: str, k: int,
             # would draw the same keep/drop stream over the same batch positions
             step_args=dict(warmup_steps=cfg.warmup_steps, policy_lr=cfg.policy_lr,
                            reward_scale=cfg.reward_scale, seed=train_cfg.seed + k,
-                           selector_id=_selector_id(cfg.selector)),
+                           selector_id=_selector_id(plan.selector)),
             artifacts_dir=artifacts)
         policy = _add_decisions(store, r) if cfg.reinforce else {}
-        summary = {"round": k, "teacher": teacher, "student": student, "n_train": n,
+        summary = {"round": k, "teacher": "+".join(teachers), "student": student,
+                   **({"weights": plan.weights} if plan.weights else {}),
+                   "sentences": r.counts["sentences"], "n_train": n,
+                   "kept_share": round(n / r.counts["sentences"], 4),
                    "calibrated": r.counts.get("calibrated"),
                    **policy, "target_dev": target_scores(student, target),
                    "source_dev_f1": read_json(uri.join(student, "train_summary.json"))
