@@ -161,3 +161,24 @@ def test_distributed_cutoffs_equal_an_in_memory_fit(ray_cluster, tmp_path):
         assert got == TopRho("score", rho).fit(whole).cutoffs
         kept = TopRho("score", rho).set_cutoffs(got).select(whole).column("selected")
         assert sum(kept.to_pylist()) == int(rho * 3000)
+
+
+class ThreadEnv:
+    """Records the actor's OpenMP pool size as the column ``y``."""
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        import os
+
+        n = int(os.environ.get("OMP_NUM_THREADS", "0"))
+        return table.append_column("y", pa.array([n] * table.num_rows))
+
+
+@pytest.mark.slow
+def test_actors_of_a_multi_thread_stage_size_their_openmp_pool(ray_cluster, tmp_path):
+    """``Stage.threads`` > 1 reaches the actors' environment before torch starts (Ray's
+    default for a fractional CPU request is a pool of 1); one thread keeps Ray's default."""
+    assert engine.thread_env(1) == {}
+    plan = _plan(tmp_path, "threads")
+    plan.stages = [engine.fuse([engine.Stage(ThreadEnv)],
+                               like=engine.Stage(ThreadEnv, num_cpus=0.5, threads=3))]
+    assert {y for _, y in _rows(engine.run(plan))} == {3}

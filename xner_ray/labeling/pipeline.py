@@ -187,7 +187,7 @@ def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> engine.Plan:
     teacher_stage = engine.Stage(TeacherStage, (cfg.teachers,), teacher,
                                  batch_size=cfg.block_rows, num_cpus=res["num_cpus"],
                                  num_gpus=res["num_gpus"], min_actors=res["min_actors"],
-                                 max_actors=res["concurrency"])
+                                 max_actors=res["concurrency"], threads=res["threads"] or 0)
     stages = [
         # tokenizing is cheap next to the model: one light actor, more when teachers wait
         engine.Stage(SubwordStage, (cfg.teachers[0], cfg.max_length), batch_size=cfg.block_rows,
