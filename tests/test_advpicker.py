@@ -102,9 +102,9 @@ def test_encoder_loss_flips_language_labels_and_discriminator_loss_does_not(tiny
                      + language_bce(tgt, b["tgt"].attention_mask, tgt_label))
 
     want = expected(TARGET, SOURCE)
-    assert upd.encoder(b["src"], b["tgt"]) == pytest.approx(want, rel=1e-5)
+    assert float(upd.encoder(b["src"], b["tgt"])) == pytest.approx(want, rel=1e-5)
     want, flipped = expected(SOURCE, TARGET), expected(TARGET, SOURCE)
-    loss, acc = upd.discriminator(b["src"], b["tgt"])
+    loss, acc = map(float, upd.discriminator(b["src"], b["tgt"]))
     assert loss == pytest.approx(want, rel=1e-5) and loss != pytest.approx(flipped, rel=1e-3)
     assert 0.0 <= acc <= 1.0
 

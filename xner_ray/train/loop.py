@@ -102,10 +102,10 @@ def write_rejects(path: str | Path, rejects) -> None:
                              for r in rejects))
 
 
-def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n_train: int,
+def fit(cfg: TrainConfig, *, step: type, labels: list[str], dataset, n_train: int,
         dev, name: str, extra_summary: Optional[dict] = None,
         step_args: Optional[dict] = None, artifacts_dir: Optional[str] = None,
-        loop=None, extra_datasets: Optional[dict] = None) -> Path | str:
+        extra_datasets: Optional[dict] = None) -> Path | str:
     """Run ``TorchTrainer`` with the shared loop; copy the best checkpoint to ``cfg.out``.
 
     ``cfg.out`` is a local folder (returned as a ``Path``) or a URI (``s3://...``, returned as
@@ -113,13 +113,13 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
 
     ``step``: the step class the loop builds on each worker as ``step(ctx, **step_args)``
     (``steps.CEStep`` on gold ``tags``, ``steps.KDStep`` on teacher ``probs`` + ``weight``, or a
-    method's own: RIKD's ``RikdStep``, projection's ``ReverseFocalStep`` / ``AlignStep``); the
-    loop knows none of them by name. ``None`` only with ``loop``.
+    method's own: RIKD's ``RikdStep``, projection's ``ReverseFocalStep`` / ``AlignStep``,
+    TLADV's ``TladvStep``); the loop knows none of them by name.
     ``dev``: source-language sentences with gold tags, scored by rank 0 after every epoch.
     ``artifacts_dir``: where steps write per-rank side outputs (RIKD decisions); it must be on
     storage every worker can reach, like Ray Train's own ``storage_path``.
-    ``loop``: another per-worker function with ``train_loop``'s contract (TLADV's
-    ``adversarial.tladv_loop``); ``extra_datasets``: more Ray datasets for it, by name.
+    ``extra_datasets``: more Ray datasets for the step, by name (sharded like ``train``; a
+    step reads its shard with ``ray.train.get_dataset_shard``).
     """
     import ray
     import ray.train
@@ -146,14 +146,16 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
     # Per-epoch lines from rank 0 are the progress of a training run; Ray Data's ingest bars
     # (one per epoch, re-drawn every second) would drown them.
     dataset.context.enable_progress_bars = False
-    if getattr(step, "pretokenized", False):
+    extra_datasets = dict(extra_datasets or {})
+    if getattr(step, "pretokenized", False):  # every dataset of the step arrives tokenized
         dataset = pretokenize(dataset, cfg.model)
+        extra_datasets = {k: pretokenize(v, cfg.model) for k, v in extra_datasets.items()}
     loop_cfg = dict(cfg=dataclasses.asdict(cfg), step=step, labels=labels,
                     threads=res.torch_threads, n_train=n_train, step_args=step_args or {},
                     artifacts_dir=artifacts_dir,
                     dev_tokens=[s.tokens for s in dev], dev_tags=[s.tags for s in dev])
     trainer = TorchTrainer(
-        loop or train_loop,
+        train_loop,
         train_loop_config=loop_cfg,
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.use_gpu,
@@ -166,7 +168,7 @@ def fit(cfg: TrainConfig, *, step: Optional[type], labels: list[str], dataset, n
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="dev_f1",
                 checkpoint_score_order="max")),
-        datasets={"train": dataset, **(extra_datasets or {})},
+        datasets={"train": dataset, **extra_datasets},
     )
     started = time.time()
     result = trainer.fit()
@@ -286,7 +288,11 @@ def train_loop(config: dict) -> None:
     model = load_token_classifier(cfg.model, config["labels"], layers=cfg.layers,
                                   freeze_embeddings=cfg.freeze_embeddings,
                                   freeze_layers=cfg.freeze_layers)
-    model = ray.train.torch.prepare_model(model)
+    step_cls, step_args = config["step"], config.get("step_args", {})
+    # a step may train a larger module around the classifier (TLADV: + the discriminator)
+    module = step_cls.module(model, **step_args) if hasattr(step_cls, "module") else model
+    model = ray.train.torch.prepare_model(
+        module, parallel_strategy_kwargs=getattr(step_cls, "ddp_kwargs", None))
     bare = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -295,8 +301,8 @@ def train_loop(config: dict) -> None:
     total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 1 << 62)
     sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total), total)
     step_ctx = StepContext(model, bare, tokenizer, params, optim, sched, device,
-                           config["labels"], cfg.max_length, world, rank, cfg.kd_loss)
-    run_step = config["step"](step_ctx, **config.get("step_args", {}))
+                           config["labels"], cfg.max_length, world, rank, cfg.kd_loss, total)
+    run_step = step_cls(step_ctx, **step_args)
     shard = ray.train.get_dataset_shard("train")
     step = 0
     for epoch in range(cfg.epochs):
@@ -336,8 +342,11 @@ def train_loop(config: dict) -> None:
                          loss=metrics["train_loss"], dev_f1=dev["f1"],
                          seconds=metrics["epoch_seconds"])
             with tempfile.TemporaryDirectory() as tmp:
-                bare.save_pretrained(tmp, safe_serialization=True)
-                tokenizer.save_pretrained(tmp)
+                if hasattr(run_step, "save"):
+                    run_step.save(tmp, epoch + 1)
+                else:
+                    bare.save_pretrained(tmp, safe_serialization=True)
+                    tokenizer.save_pretrained(tmp)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)  # every rank reports: it is a barrier in Ray Train

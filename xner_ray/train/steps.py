@@ -4,7 +4,10 @@
 (KD to the teacher's soft labels). Methods define their own steps next to their code
 (``methods/rikd/step.py``, ``methods/projection/steps.py``) on the same contract --
 ``step(batch) -> loss``, ``epoch_metrics()``, ``finish(out_dir)`` -- and hand the class to
-``loop.fit(step=...)``: this module names no method.
+``loop.fit(step=...)``: this module names no method. Optional hooks a step class may define:
+``module(model, **step_args)`` (a static method: the module the loop DDP-wraps instead of the
+token classifier, with ``ddp_kwargs``), ``predict_dev(tokens)`` (its own source-dev tags) and
+``save(folder, epoch)`` (its own checkpoint files) -- TLADV's step uses all three.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class StepContext:
     world: int
     rank: int
     kd_loss: str = "mse"  # TrainConfig.kd_loss: a key of losses.KD_LOSSES
+    total_steps: int = 1  # optimisation steps of the whole run (a step's own schedules)
 
     @property
     def label2id(self) -> dict[str, int]:

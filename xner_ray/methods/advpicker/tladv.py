@@ -16,6 +16,9 @@ before and after it, so no loss moves another's parameters (tests/test_advpicker
 parameter by parameter). Every sub-word that is not padding enters the discriminator, as in
 the authors' code; there is no fixed sequence length (``max_length`` only caps sub-words).
 
+Training runs on the shared Ray Train loop as :class:`TladvStep` (inputs tokenized once by the
+loop's Ray Data stage; the loop DDP-wraps the classifier + discriminator module).
+
 The teacher is saved as a plain Hugging Face token-classification folder (``xner evaluate``
 and the labeling pipeline load it like any teacher) plus ``discriminator.safetensors`` and
 ``discriminator.json`` in the same folder.
@@ -23,11 +26,8 @@ and the labeling pipeline load it like any teacher) plus ``discriminator.safeten
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -148,15 +148,15 @@ class AlternatingUpdates:
         self.scheds[which].step()
         self.model.zero_grad(set_to_none=True)  # nothing leaks into the next update
 
-    def ner(self, batch: Batch) -> float:
+    def ner(self, batch: Batch) -> torch.Tensor:
         """L^NER (Eq. 4, cross-entropy on gold tags): E + NER head."""
         self.model.zero_grad(set_to_none=True)
         with self._autocast():
             loss = self.model("ner", batch.input_ids, batch.attention_mask, batch.labels)
         self._apply("ner", loss)
-        return loss.item()
+        return loss.detach()
 
-    def encoder(self, source: Batch, target: Batch) -> float:
+    def encoder(self, source: Batch, target: Batch) -> torch.Tensor:
         """L^E (Eq. 4): the discriminator's loss on *flipped* language labels, so E learns
         token vectors it cannot place; only E's optimizer steps."""
         self.model.zero_grad(set_to_none=True)
@@ -166,11 +166,12 @@ class AlternatingUpdates:
         loss = (language_bce(src, source.attention_mask, TARGET)
                 + language_bce(tgt, target.attention_mask, SOURCE))
         self._apply("encoder", loss)
-        return loss.item()
+        return loss.detach()
 
-    def discriminator(self, source: Batch, target: Batch) -> tuple[float, float]:
+    def discriminator(self, source: Batch, target: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """L^DIS (Eq. 4) with the true language labels: the discriminator only. Returns the
-        loss and the token accuracy of the discriminator on these batches (before the step)."""
+        loss and the token accuracy of the discriminator on these batches (before the step),
+        as detached device tensors (no host sync per step)."""
         self.model.zero_grad(set_to_none=True)
         with self._autocast():
             src, tgt = self.model("dis", source.input_ids, source.attention_mask,
@@ -180,9 +181,10 @@ class AlternatingUpdates:
         with torch.no_grad():
             right = (((src > 0) & source.attention_mask.bool()).sum()
                      + ((tgt <= 0) & target.attention_mask.bool()).sum())
-            acc = float(right) / float(source.attention_mask.sum() + target.attention_mask.sum())
+            acc = right.float() / (source.attention_mask.sum()
+                                   + target.attention_mask.sum()).float()
         self._apply("dis", loss)
-        return loss.item(), acc
+        return loss.detach(), acc
 
 
 @dataclass(kw_only=True)
@@ -278,116 +280,112 @@ def train_tladv(cfg: TladvConfig) -> Path:
           flush=True)
     source_ds = ray.data.from_items([{"tokens": s.tokens, "tags": s.tags} for s in train])
     target_ds = ray.data.from_items([{"tokens": t} for t in target])
-    return fit(cfg, step=None, labels=labels, dataset=source_ds, n_train=len(train), dev=dev,
-               name=f"tladv-seed{cfg.seed}", loop=tladv_loop,
-               extra_datasets={"target": target_ds},
+    return fit(cfg, step=TladvStep, labels=labels, dataset=source_ds, n_train=len(train),
+               dev=dev, name=f"tladv-seed{cfg.seed}", extra_datasets={"target": target_ds},
+               step_args=dict(lr=cfg.lr, lr_encoder=cfg.lr_encoder,
+                              lr_discriminator=cfg.lr_discriminator,
+                              weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+                              adv_batch_size=cfg.adv_batch_size or cfg.batch_size,
+                              disc_hidden=cfg.disc_hidden, seed=cfg.seed),
                extra_summary={"n_target": per_lang,
                               "rejects": {"train": dict(train_rej.counts),
                                           "dev": dict(dev_rej.counts),
                                           "target": dict(tgt_rej.counts)}})
 
 
-def _shard_rows(name: str, keys: tuple[str, ...]) -> list[dict]:
-    """This worker's shard of a Ray dataset, held in memory: the adversarial updates draw
-    batches from it at random (Algorithm 1, line 4), independently of the NER pass."""
+def _pool(name: str) -> dict[str, list]:
+    """This worker's shard of a pre-tokenized Ray dataset, held in memory (sub-word ids and
+    first sub-words only): the adversarial updates draw batches from it at random (Algorithm
+    1, line 4), independently of the NER pass."""
     import ray.train
 
-    rows = []
+    pool: dict[str, list] = {"input_ids": [], "word_pos": []}
     for batch in ray.train.get_dataset_shard(name).iter_batches(batch_size=1024,
                                                                 batch_format="numpy"):
-        cols = [batch[k] for k in keys]
-        rows.extend({k: [str(x) for x in v] for k, v in zip(keys, vals)}
-                    for vals in zip(*cols))
-    return rows
+        for k in pool:
+            pool[k].extend(batch[k])
+    return pool
 
 
-def tladv_loop(config: dict) -> None:
-    """Per-worker loop (Ray Train): for each step the NER, E and DIS updates in turn
-    (Algorithm 1), then per epoch a source-dev score and a checkpoint from rank 0."""
-    import ray.train
-    import ray.train.torch
+class TladvStep:
+    """Algorithm 1 as a step of the shared Ray Train loop (``train.loop.train_loop``): per
+    batch of the source pass the NER, E and DIS updates in turn, each with its own optimizer
+    (``AlternatingUpdates``); E/DIS batches are drawn at random from this worker's shards of
+    the source and target text. Inputs arrive tokenized (``pretokenized``); losses stay on the
+    device until the epoch's metrics. The loop DDP-wraps :meth:`module` (classifier +
+    discriminator), scores source dev with the classifier and checkpoints through :meth:`save`
+    (the discriminator beside the classifier)."""
 
-    from xner_ray.evaluate import predict_tags, score_tags
-    from xner_ray.models.classifier import load_token_classifier, load_tokenizer
+    pretokenized = True
+    # each mode leaves parts of the module unused (the head in L^E, E in L^DIS)
+    ddp_kwargs = {"find_unused_parameters": True}
 
-    cfg = TladvConfig(**{f.name: config["cfg"][f.name] for f in dataclasses.fields(TladvConfig)})
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    torch.set_num_threads(config["threads"])
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed + 7919 * rank)
-    labels = config["labels"]
-    tokenizer = load_tokenizer(cfg.model)
-    ner = load_token_classifier(cfg.model, labels, layers=cfg.layers,
-                                freeze_embeddings=cfg.freeze_embeddings,
-                                freeze_layers=cfg.freeze_layers)
-    bare = TladvModel(ner, LanguageDiscriminator(ner.config.hidden_size, cfg.disc_hidden))
-    # Each mode leaves parts of the module unused (the head in L^E, E in L^DIS): DDP must
-    # look for unused parameters.
-    model = ray.train.torch.prepare_model(
-        bare, parallel_strategy_kwargs={"find_unused_parameters": True})
-    device = ray.train.torch.get_device()
-    source = _shard_rows("train", ("tokens", "tags"))
-    target = _shard_rows("target", ("tokens",))
-    if not source or not target:
-        raise ValueError(f"worker {rank} got {len(source)} source and {len(target)} target "
-                         "sentences: fewer sentences than training workers (set num_workers)")
-    bs, abs_ = cfg.batch_size, cfg.adv_batch_size or cfg.batch_size
-    steps_per_epoch = max(1, -(-len(source) // bs))
-    total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 1 << 62)
-    upd = AlternatingUpdates(model, bare, lr=cfg.lr, lr_encoder=cfg.lr_encoder,
-                             lr_discriminator=cfg.lr_discriminator,
-                             weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                             total_steps=total, device=device)
-    label2id = {l: i for i, l in enumerate(labels)}
+    @staticmethod
+    def module(model, *, disc_hidden: int, **_: Any) -> TladvModel:
+        return TladvModel(model, LanguageDiscriminator(model.config.hidden_size, disc_hidden))
 
-    def draw(pool: list[dict]) -> Batch:
-        idx = rng.integers(0, len(pool), size=min(abs_, len(pool)))
-        return Batch.encode(tokenizer, [pool[i]["tokens"] for i in idx], device, cfg.max_length)
+    def __init__(self, ctx, *, lr: float, lr_encoder: float, lr_discriminator: float,
+                 weight_decay: float, warmup_ratio: float, adv_batch_size: int, seed: int,
+                 **_: Any):
+        self.ctx, self.bare, self.seed = ctx, ctx.bare, seed
+        self.rng = np.random.default_rng(seed + 7919 * ctx.rank)
+        self.adv_batch_size = adv_batch_size
+        self.upd = AlternatingUpdates(ctx.model, ctx.bare, lr=lr, lr_encoder=lr_encoder,
+                                      lr_discriminator=lr_discriminator,
+                                      weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+                                      total_steps=ctx.total_steps, device=ctx.device)
+        self.source, self.target = _pool("train"), _pool("target")
+        if not self.source["input_ids"] or not self.target["input_ids"]:
+            raise ValueError(f"worker {ctx.rank} got {len(self.source['input_ids'])} source and "
+                             f"{len(self.target['input_ids'])} target sentences: fewer "
+                             "sentences than training workers (set num_workers)")
+        self.hist: dict[str, list] = {"ner": [], "enc": [], "dis": [], "dis_acc": []}
 
-    step = 0
-    for epoch in range(cfg.epochs):
-        model.train()
-        hist: dict[str, list[float]] = {"ner": [], "enc": [], "dis": [], "dis_acc": []}
-        t0 = last = time.time()
-        order = rng.permutation(len(source))
-        for start in range(0, len(source), bs):
-            rows = [source[i] for i in order[start:start + bs]]
-            hist["ner"].append(upd.ner(Batch.encode(tokenizer, [r["tokens"] for r in rows],
-                                                    device, cfg.max_length,
-                                                    [r["tags"] for r in rows], label2id)))
-            hist["enc"].append(upd.encoder(draw(source), draw(target)))
-            d_loss, d_acc = upd.discriminator(draw(source), draw(target))
-            hist["dis"].append(d_loss)
-            hist["dis_acc"].append(d_acc)
-            step += 1
-            if rank == 0 and time.time() - last >= 60.0:
-                last = time.time()
-                print(f"[tladv] epoch {epoch + 1} step {step}/{total} ner "
-                      f"{np.mean(hist['ner'][-50:]):.4f} dis acc "
-                      f"{np.mean(hist['dis_acc'][-50:]):.3f}", flush=True)
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        metrics = {"epoch": epoch + 1, "step": step, "dev_f1": 0.0,
-                   "epoch_seconds": round(time.time() - t0, 1),
-                   **{f"{k}_loss" if k != "dis_acc" else k: float(np.mean(v or [0]))
-                      for k, v in hist.items()}}
-        metrics["train_loss"] = metrics["ner_loss"]
-        if rank == 0:
-            dev = score_tags(config["dev_tags"], predict_tags(bare.ner, tokenizer,
-                                                              config["dev_tokens"],
-                                                              device=device))
-            metrics.update(dev_f1=dev["f1"], dev_precision=dev["precision"],
-                           dev_recall=dev["recall"])
-            print(f"[tladv] epoch {epoch + 1} step {step} ner loss {metrics['ner_loss']:.4f} "
-                  f"dis acc {metrics['dis_acc']:.3f} dev F1 {dev['f1']:.4f} "
-                  f"({metrics['epoch_seconds']}s)", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                bare.ner.save_pretrained(tmp, safe_serialization=True)
-                tokenizer.save_pretrained(tmp)
-                save_discriminator(bare.disc, tmp, seed=cfg.seed, epoch=epoch + 1)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)  # every rank reports: it is a barrier in Ray Train
-        if cfg.max_steps and step >= cfg.max_steps:
-            break
+    def _batch(self, enc) -> Batch:
+        d = self.ctx.device
+        return Batch(enc.input_ids.to(d), enc.attention_mask.to(d),
+                     None if enc.labels is None else enc.labels.to(d))
+
+    def _draw(self, pool: dict) -> Batch:
+        from xner_ray.train.inputs import encode_pretokenized
+
+        n = len(pool["input_ids"])
+        idx = self.rng.integers(0, n, size=min(self.adv_batch_size, n))
+        return self._batch(encode_pretokenized(
+            self.ctx.tokenizer, {k: [pool[k][i] for i in idx] for k in pool},
+            max_length=self.ctx.max_length))
+
+    def __call__(self, batch) -> torch.Tensor:
+        from xner_ray.train.inputs import encode
+
+        ner = self.upd.ner(self._batch(encode(self.ctx, batch,
+                                              [list(t) for t in batch["tags"]])))
+        self.hist["ner"].append(ner)
+        self.hist["enc"].append(self.upd.encoder(self._draw(self.source),
+                                                 self._draw(self.target)))
+        d_loss, d_acc = self.upd.discriminator(self._draw(self.source), self._draw(self.target))
+        self.hist["dis"].append(d_loss)
+        self.hist["dis_acc"].append(d_acc)
+        return ner
+
+    def epoch_metrics(self) -> dict:
+        """Means of this epoch's losses and discriminator accuracy (one host sync)."""
+        out = {(k if k == "dis_acc" else f"{k}_loss"):
+               (float(torch.stack(v).float().mean()) if v else 0.0)
+               for k, v in self.hist.items()}
+        self.hist = {k: [] for k in self.hist}
+        return out
+
+    def predict_dev(self, tokens) -> list[list[str]]:
+        from xner_ray.evaluate import predict_tags
+
+        return predict_tags(self.bare.ner, self.ctx.tokenizer, tokens, device=self.ctx.device)
+
+    def save(self, folder: str, epoch: int) -> None:
+        """A normal classifier folder plus the discriminator (safetensors + JSON)."""
+        self.bare.ner.save_pretrained(folder, safe_serialization=True)
+        self.ctx.tokenizer.save_pretrained(folder)
+        save_discriminator(self.bare.disc, folder, seed=self.seed, epoch=epoch)
+
+    def finish(self, out_dir) -> None:
+        pass
