@@ -159,9 +159,11 @@ def store_rows(store: str, run_id: str) -> dict:
     for r in run_sql(con, "calibration_errors", output="arrow").to_pylist():
         if r["run_id"] == run_id:
             e = errors.setdefault(r["lang"], {}).setdefault(r["category"], [0, 0])
-            e[0], e[1] = e[0] + r["before"], e[1] + r["after"]
-    return {r["lang"]: {"f1_before": r["f1_before"], "f1_after": r["f1_after"],
-                        "spans_changed": r["spans_changed"], "errors": errors.get(r["lang"], {})}
+            e[0], e[1] = e[0] + int(r["before"]), e[1] + int(r["after"])
+    # DuckDB sums come back as Decimal: plain numbers for the JSON
+    return {r["lang"]: {"f1_before": float(r["f1_before"]), "f1_after": float(r["f1_after"]),
+                        "spans_changed": int(r["spans_changed"]),
+                        "errors": errors.get(r["lang"], {})}
             for r in summary}
 
 
@@ -220,7 +222,7 @@ def main(argv=None) -> int:
                              "targets": {l: {**t["target_dev"], **store_rows(cfg["store"],
                                                                              cfg["run_id"])[l]}
                                          for l, t in res["targets"].items()}})
-                print(json.dumps(rows[-1]), flush=True)
+                print(json.dumps(rows[-1], default=str), flush=True)
                 save(rows + [{"base": base, "oracle": oracles}], done=False)
         rows.append({"base": base, "oracle": oracles})
     save(rows, done=True)

@@ -165,7 +165,8 @@ SELECTED_KEY = b"xner_ray.selected"
 def write_decisions(uri: str, sent_ids: list, policy_p: list, selected: list,
                     selector_id: str) -> None:
     """Rows of the store's ``decisions`` table written by a worker in training (stage 1: RIKD's
-    ranks, over any decision taken at labeling); the number selected rides in the file metadata, so a commit reads only footers."""
+    ranks, over any decision taken at labeling); the number selected rides in the file
+    metadata, so a commit reads only footers."""
     n = len(sent_ids)
     sel = pa.array([bool(s) for s in selected], pa.bool_())
     table = _file_table(pa.table({

@@ -118,7 +118,9 @@ def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, v
     """BERT's MLM corruption (Devlin et al., the paper's [7]): ``prob`` of the maskable tokens
     are chosen; of those 80% -> mask, 10% -> a random token, 10% unchanged. Returns the
     corrupted ids and labels (-100 where not chosen)."""
-    rand = lambda: torch.rand(input_ids.shape, generator=generator)
+    def rand() -> torch.Tensor:
+        return torch.rand(input_ids.shape, generator=generator)
+
     chosen = (rand() < prob) & maskable
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
     ids = input_ids.clone()

@@ -30,8 +30,10 @@ STAGE_VERSION = "calibrenet.v1"
 def resolve_overlaps(spans: Sequence[dict]) -> list[dict]:
     """Non-overlapping spans, best first: higher score (missing = 0), then earlier start, then
     shorter, then type name; exact duplicates collapse. Returned sorted by start."""
-    key = lambda s: (-(s["score"] if s["score"] is not None else 0.0), s["start"],
-                     s["end"] - s["start"], s["type"])
+    def key(s: dict) -> tuple:
+        return (-(s["score"] if s["score"] is not None else 0.0), s["start"],
+                s["end"] - s["start"], s["type"])
+
     kept: list[dict] = []
     for s in sorted(spans, key=key):
         if all(s["end"] <= k["start"] or k["end"] <= s["start"] for k in kept):
