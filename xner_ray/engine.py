@@ -39,7 +39,8 @@ class Stage:
     max_actors: int = 1
     # torch threads of each actor when more than one: its OpenMP/MKL pools are sized to match
     # (Ray sets OMP_NUM_THREADS to an actor's whole CPUs, 1 for a fractional request; a pool
-    # of 1 under torch.set_num_threads(2) ran 20-30% slower than one sized at start)
+    # of 1 under torch.set_num_threads(2) was slower than one sized at start in a one-off
+    # timing, not yet in a benchmark)
     threads: int = 0
 
 
