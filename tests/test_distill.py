@@ -69,12 +69,14 @@ def test_training_pairs_are_read_side_by_side_and_filtered(tmp_path):
     """A read task zips a sentences file with the pseudo_labels file written with it (same rows,
     same order); selected_only keeps selected rows with their weights, else every row with
     weight 1; duplicates stay; a whole-set selector is re-applied from its cut-offs; files that
-    do not hold the same sentences in order are an error, and so is an unpaired file."""
+    differ are joined by sent_id (a later round's file against the stored sentences it labeled); a
+    pseudo-label without its sentence is an error, and so is an unpaired file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from xner_ray.selectors import TopRho
-    from xner_ray.train.distill import file_pairs, read_training_pair
+    from xner_ray.store.sink import pair_files
+    from xner_ray.train.distill import read_training_pair
 
     ids = ["d", "b", "a", "c", "b"]  # "b" twice: a repeated sentence
     pq.write_table(pa.table({"sent_id": ids, "tokens": [[i.upper()] for i in ids]}),
@@ -92,12 +94,24 @@ def test_training_pairs_are_read_side_by_side_and_filtered(tmp_path):
     top = TopRho("confidence", 0.4).set_cutoffs([("at", -0.8, "b")])  # the top 2 of 5
     kept = pa.concat_tables(read_training_pair(pair, selector=top)).to_pydict()
     assert kept["sent_id"] == ["d", "b", "b"]  # both copies of a kept duplicate
-    pq.write_table(pa.table({"sent_id": ids[::-1], "tokens": [["x"]] * 5}),
+    # a later round's file against the stored sentences it labeled: another order, a superset
+    # with one id once -- joined by sent_id
+    pq.write_table(pa.table({"sent_id": ["z", "c", "b", "a", "d"],
+                             "tokens": [["Z"], ["C"], ["B"], ["A"], ["D"]]}),
                    tmp_path / "s2.parquet")
-    with pytest.raises(ValueError, match="do not hold the same sentences in order"):
-        list(read_training_pair((str(tmp_path / "s2.parquet"), pair[1])))
-    with pytest.raises(ValueError, match="has no sentences file of the same name"):
-        file_pairs({"sentences": ["a/part-1.parquet"], "pseudo_labels": ["b/part-2.parquet"]})
+    joined = pa.concat_tables(read_training_pair((str(tmp_path / "s2.parquet"), pair[1])))
+    assert joined.to_pydict()["tokens"] == sel["tokens"]
+    pq.write_table(pa.table({"sent_id": ["d", "b", "a"], "tokens": [["D"], ["B"], ["A"]]}),
+                   tmp_path / "s3.parquet")
+    with pytest.raises(ValueError, match="1 pseudo-labels have no sentence of their sent_id"):
+        list(read_training_pair((str(tmp_path / "s3.parquet"), pair[1])))
+    with pytest.raises(ValueError, match="has no sentences file it was labeled from"):
+        pair_files(["a/part-1.parquet"], ["b/part-2.parquet"])
+    # a round's own file pairs by name, a later round's files by the stem of the stored one
+    assert pair_files(["s/part-1.parquet", "s/part-2.parquet"],
+                      ["p/part-2.ab.parquet", "p/part-1.parquet", "p/part-2.cd.parquet"]) == [
+        ("s/part-1.parquet", "p/part-1.parquet"), ("s/part-2.parquet", "p/part-2.ab.parquet"),
+        ("s/part-2.parquet", "p/part-2.cd.parquet")]
 
 
 def test_calibrated_probs_one_hot_where_the_calibration_changed_the_tag():

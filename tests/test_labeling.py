@@ -153,6 +153,64 @@ def test_killed_run_leaves_no_visible_round_and_resumes(ray_cluster, tiny_teache
     assert not store.exists(store.path("_tmp", store.round_key("k", "de", 0)))
 
 
+@pytest.mark.slow
+def test_a_later_round_labels_the_stored_sentences_and_stores_none(ray_cluster, tiny_teacher_dir,
+                                                                    tmp_path):
+    """Issue 14: the sentences table is written once per run and language. Round 1 labels the
+    sentences round 0 stored (no input read again, no sentences or rejects written); its files
+    name the stored file their rows came from, so training and SQL find every token."""
+    import collections
+
+    import pyarrow as pa
+
+    from xner_ray.labeling.pipeline import LabelConfig, label
+    from xner_ray.sqlshell import connect, run_sql
+    from xner_ray.store import Store
+    from xner_ray.store.sink import file_stem
+    from xner_ray.train.distill import read_training_pair, round_pairs
+
+    base = dict(teachers=[str(tiny_teacher_dir)], store=str(tmp_path / "s"), run_id="r",
+                inputs=[{"path": str(sample_path("de.dev.txt")), "lang": "de", "gold": True}],
+                block_rows=64)
+    label(LabelConfig(**base, rows_per_file=64))  # several stored sentences files
+    with pytest.raises(ValueError, match="sentences_from must be an earlier round"):
+        LabelConfig(**base, round=1, sentences_from=1)
+    with pytest.raises(ValueError, match="round 0 of other/de is not committed"):
+        label(LabelConfig(**{**base, "run_id": "other"}, round=1, sentences_from=0))
+    # a write gathers rows of several stored files: one file per source file (own_run=False,
+    # as in RIKD: the job owns the run, so round 1 may write other file sizes)
+    assert label(LabelConfig(**base, round=1, sentences_from=0, rows_per_file=150),
+                 own_run=False)["de"]["sentences"] == 300
+
+    store = Store(base["store"])
+    m0, m1 = store.manifest("r", "de", 0), store.manifest("r", "de", 1)
+    assert m1["tables"]["sentences"]["rows"] == m1["tables"]["rejects"]["rows"] == 0
+    assert m1["meta"]["sentences_round"] == 0
+    stored = {file_stem(f) for f in m0["tables"]["sentences"]["files"]}
+    assert len(stored) > 1
+    assert {file_stem(f) for f in m1["tables"]["pseudo_labels"]["files"]} <= stored
+    con = connect(base["store"])
+    ids = dict(con.execute("SELECT round, list(sent_id ORDER BY sent_id) FROM pseudo_labels "
+                           "GROUP BY 1").fetchall())
+    assert collections.Counter(ids[1]) == collections.Counter(ids[0])
+    # SQL joins on run, language and sent_id (any round): every round-1 row finds its sentence
+    assert con.execute("SELECT count(*), count_if(len(p.probs) = len(s.tokens)) FROM "
+                       "pseudo_labels p JOIN (SELECT DISTINCT run_id, lang, sent_id, tokens "
+                       "FROM sentences) s USING (run_id, lang, sent_id) WHERE p.round = 1"
+                       ).fetchall() == [(300, 300)]
+    per_round = [(r["round"], r["sentences"], r["input_sentences"]) for r in
+                 run_sql(con, "sentences_entities", output="arrow").to_pylist()]
+    assert per_round == [(0, 300, 300), (1, 300, 0)]
+    # the training read of round 1 pairs each file with the stored sentences it came from
+    table = pa.concat_tables(t for pair in round_pairs(store, m1)
+                             for t in read_training_pair(pair, selected_only=False))
+    tokens = dict(con.execute("SELECT sent_id, any_value(tokens) FROM sentences GROUP BY 1"
+                              ).fetchall())
+    assert table.num_rows == 300
+    assert all(tokens[i] == t for i, t in zip(table.column("sent_id").to_pylist(),
+                                              table.column("tokens").to_pylist()))
+
+
 def test_inputs_are_checked_on_the_driver(tmp_path):
     from xner_ray.labeling.source import InputSpec, resolve_inputs
 

@@ -79,6 +79,9 @@ def test_rikd_rounds_fill_policy_columns_and_resume(ray_cluster, tiny_teacher_di
     assert [r[:2] for r in rows] == [(0, 300), (1, 300)]
     for _, n, with_p, kept, selector, consistent in rows:
         assert with_p == n and 0 < kept <= n and selector == "rikd_policy.v1" and consistent
+    # the sentences are stored once: round 1 labeled round 0's (issue 14)
+    assert con.execute("SELECT round, count(*) FROM sentences GROUP BY 1").fetchall() == [(0, 300)]
+    assert store.manifest("r1", "de", 1)["meta"]["sentences_round"] == 0
     # round 1 was labeled by round 0's student, not the source teacher
     teachers = dict(con.execute("SELECT round, min(teacher) FROM pseudo_labels GROUP BY 1").fetchall())
     assert str(tiny_teacher_dir) in teachers[0] and "de/round0" in teachers[1]

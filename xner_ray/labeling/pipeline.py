@@ -72,6 +72,10 @@ class LabelConfig:
     use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
     rows_per_file: int = field(default=65_536, metadata={"help": "rows a write task gathers "
                                                                   "into one Parquet file"})
+    sentences_from: Optional[int] = field(default=None, metadata={
+        "help": "label the sentences that committed round of the same run stored, instead of "
+                "reading `inputs` again (later rounds of RIKD): no sentences or rejects are "
+                "written, the store keeps one sentences table per run and language"})
     allow_empty: bool = field(default=False, metadata={
         "help": "commit a language's round even when its inputs hold no usable sentence "
                 "(default: that is an error naming the inputs and their rejects)"})
@@ -98,6 +102,9 @@ class LabelConfig:
             raise ValueError("teacher weights apply to combine: mean only")
         if self.round < 0 or self.batch_size < 1 or self.block_rows < 1:
             raise ValueError("round >= 0, batch_size >= 1 and block_rows >= 1 are required")
+        if self.sentences_from is not None and not 0 <= self.sentences_from < self.round:
+            raise ValueError(f"sentences_from must be an earlier round than round {self.round}, "
+                             f"got {self.sentences_from}")
         check_selector(self.selector, self.lang_scorers)  # fail now, not inside the run
         if self.run_id is None:
             key = json.dumps([self.teachers, [dataclasses.asdict(i) for i in self.inputs]])
@@ -106,7 +113,7 @@ class LabelConfig:
     def run_config(self) -> dict:
         """What identifies the run (round excluded: rounds of a run share one config)."""
         d = dataclasses.asdict(self)
-        d.pop("round")
+        d.pop("round"), d.pop("sentences_from")
         return d
 
 
@@ -168,12 +175,14 @@ class DecideStage:
                          "weight": out.column("weight"), "stage": pa.array([0] * n, pa.int32())})
 
 
-def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> engine.Plan:
-    """The labeling plan for ``inputs`` ((file, InputSpec) pairs)."""
+def build_plan(cfg: LabelConfig, inputs: list, sink, rejects,
+               stored: Optional["StoredSentences"] = None) -> engine.Plan:
+    """The labeling plan for ``inputs`` ((file, InputSpec) pairs), or for the ``stored``
+    sentences of an earlier round."""
     from functools import partial
 
     from xner_ray import engine
-    from xner_ray.labeling.source import SENTENCE_COLUMNS
+    from xner_ray.labeling.source import SENTENCE_COLUMNS, STORED_COLUMNS, read_stored
     from xner_ray.labeling.stages import SubwordStage, TeacherStage
 
     from xner_ray.cluster import LIGHT_CPUS
@@ -200,12 +209,47 @@ def build_plan(cfg: LabelConfig, inputs: list, sink, rejects) -> engine.Plan:
         # CPU teachers: tokenize, label and select inside each teacher actor (engine.fuse;
         # measured in benchmarks/labeling_throughput.py)
         stages = [engine.fuse(stages, like=teacher_stage)]
-    read = partial(_read_item, max_words=cfg.max_words, rows=cfg.block_rows, rejects=rejects)
-    langs = ",".join(sorted({spec.lang for _, spec in inputs}))
-    return engine.Plan(items=inputs, read=read, stages=stages, sink=sink,
-                       schema=SENTENCE_COLUMNS, rows_per_write=cfg.rows_per_file, name="label",
+    if stored is not None:  # later rounds: (lang, sentences file URI) items
+        read, schema = partial(read_stored, rows=cfg.block_rows), STORED_COLUMNS
+        items, total = stored.items, stored.total
+        langs = ",".join(sorted({lang for lang, _ in stored.items}))
+    else:
+        read = partial(_read_item, max_words=cfg.max_words, rows=cfg.block_rows,
+                       rejects=rejects)
+        items, schema, total = inputs, SENTENCE_COLUMNS, expected_sentences(inputs)
+        langs = ",".join(sorted({spec.lang for _, spec in inputs}))
+    return engine.Plan(items=items, read=read, stages=stages, sink=sink,
+                       schema=schema, rows_per_write=cfg.rows_per_file, name="label",
                        read_cpus=LIGHT_CPUS, progress=f"[label] {langs} round {cfg.round}",
-                       unit="sentences", total=expected_sentences(inputs))
+                       unit="sentences", total=total)
+
+
+@dataclass(frozen=True)
+class StoredSentences:
+    """What a later round labels (``LabelConfig.sentences_from``): the sentences files an
+    earlier committed round of the run stored, per language, and their row total."""
+
+    round: int
+    files: dict  # {lang: [store path]}
+    items: list  # [(lang, URI)]: one read task per file
+    total: int
+
+    @classmethod
+    def of(cls, store, run_id: str, langs: list, round: int) -> "StoredSentences":
+        files, items, total = {}, [], 0
+        for lang in langs:
+            manifest = store.manifest(run_id, lang, round)
+            if manifest is None:
+                raise ValueError(f"sentences_from: {round}, but round {round} of "
+                                 f"{run_id}/{lang} is not committed in {store.uri}")
+            table = manifest["tables"].get("sentences") or {}
+            if not table.get("files"):
+                raise ValueError(f"sentences_from: {round}, but round {round} of "
+                                 f"{run_id}/{lang} stored no sentences")
+            files[lang] = [store.path(f) for f in table["files"]]
+            items += [(lang, store.to_uri(p)) for p in files[lang]]
+            total += int(table.get("rows") or 0)
+        return cls(round, files, items, total)
 
 
 # Inputs up to this size are counted before labeling, for the progress bar's total and ETA.
@@ -285,6 +329,8 @@ class LabeledRound:
                                                   "rejects": 0})
     rejects_by_reason: dict = field(default_factory=dict)
     selector: object = None  # the fitted whole-set selector, when the round has one
+    # a round that labeled an earlier round's stored sentences (sentences_from): those files
+    sentence_files: Optional[list] = None
 
     def add(self, rec: dict) -> None:
         t = rec["table"]
@@ -296,9 +342,13 @@ class LabeledRound:
             self.counts["selected"] += rec.get("selected", 0)
 
     def pairs(self) -> list[tuple[str, str]]:
-        """(sentences file, pseudo_labels file) written together: same rows, same order."""
-        se = {p.rsplit("/", 1)[-1]: p for p in self.files.get("sentences", [])}
-        return [(se[p.rsplit("/", 1)[-1]], p) for p in sorted(self.files.get("pseudo_labels", []))]
+        """(sentences file, pseudo_labels file) pairs (``store.sink.pair_files``): written
+        together, or the stored sentences file a later round's rows came from."""
+        from xner_ray.store.sink import pair_files
+
+        sentences = (self.sentence_files if self.sentence_files is not None
+                     else self.files.get("sentences", []))
+        return pair_files(sentences, self.files.get("pseudo_labels", []))
 
     def commit(self, store) -> dict:
         self.meta["counts"] = dict(self.counts)
@@ -361,26 +411,35 @@ def label_rounds(cfg: LabelConfig, store) -> Iterator[dict]:
         return
     selector = make_selector(cfg.selector)
     check_same_tokenizer(list(dict.fromkeys([*cfg.teachers, *(cfg.lang_scorers or [])])))
-    inputs = resolve_inputs([i for i in cfg.inputs if i.lang in todo])
+    stored = None
+    if cfg.sentences_from is not None:  # the run's stored sentences, not the inputs again
+        stored = StoredSentences.of(store, cfg.run_id, todo, cfg.sentences_from)
+        inputs = []  # they only name the languages
+    else:
+        inputs = resolve_inputs([i for i in cfg.inputs if i.lang in todo])
     labels = model_labels(cfg.teachers[0])
     meta = {"teachers": cfg.teachers, "weights": cfg.weights, "selector": selector.id,
-            "combine": cfg.combine, "lang_scorers": cfg.lang_scorers}
+            "combine": cfg.combine, "lang_scorers": cfg.lang_scorers,
+            **({"sentences_round": stored.round} if stored else {})}
     started, t0 = utcnow(), time.time()
     prefixes: dict = {}
     try:  # every language's lease and attempt are given back when anything fails
         for l in todo:
             prefixes[l] = store.attempt_prefix(cfg.run_id, l, cfg.round)
         rounds = {l: LabeledRound(cfg.run_id, l, cfg.round, prefixes[l], labels, dict(meta),
-                                  started) for l in todo}
-        sink = RoundSink(store.uri, prefixes, LABEL_TABLES, labels=labels)
-        records = engine.run(build_plan(cfg, inputs, sink, RejectFiles(store.uri, prefixes)),
-                             local=cfg.local)
+                                  started, sentence_files=stored.files[l] if stored else None)
+                  for l in todo}
+        sink = RoundSink(store.uri, prefixes, ("pseudo_labels",) if stored else LABEL_TABLES,
+                         labels=labels)
+        records = engine.run(build_plan(cfg, inputs, sink, RejectFiles(store.uri, prefixes),
+                                        stored), local=cfg.local)
         for rec in records:
             rounds[rec["lang"]].add(rec)
         for r in rounds.values():
             _add_rejects(store, r)
             if not r.rows.get("pseudo_labels") and not cfg.allow_empty:
-                paths = sorted({p for p, spec in inputs if spec.lang == r.lang})
+                paths = (stored.files[r.lang] if stored else
+                         sorted({p for p, spec in inputs if spec.lang == r.lang}))
                 raise ValueError(f"no usable sentence for {r.lang} in {', '.join(paths)} "
                                  f"(rejects: {r.rejects_by_reason or 'none'}); nothing committed "
                                  "(allow_empty: true commits an empty round)")

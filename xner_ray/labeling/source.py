@@ -15,6 +15,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from xner_ray.records import MALFORMED_LINE, Reject, RejectSink, Sentence
+from xner_ray.store.sink import SOURCE_FILE  # the stored sentences file a row was read from
 
 SENTENCE_COLUMNS = pa.schema([
     ("sent_id", pa.string()), ("lang", pa.string()), ("source", pa.string()),
@@ -80,3 +81,33 @@ def resolve_inputs(inputs: list[InputSpec]) -> list[tuple[str, InputSpec]]:
             raise ValueError(f"{path}: gold=True needs a CoNLL file with tags, but it reads as "
                              f"{detect_format(path)!r}; pass fmt='conll' if it is CoNLL")
     return files
+
+
+# Rounds after the first label the sentences an earlier round of the same run stored (RIKD's
+# rounds relabel the same text): the store keeps one sentences table per run and language.
+STORED_COLUMNS = SENTENCE_COLUMNS.append(pa.field(SOURCE_FILE, pa.string()))
+
+
+def read_stored(item: tuple[str, str], rows: int) -> Iterator[pa.Table]:
+    """One read task: a stored ``sentences`` file of an earlier round (``(lang, uri)``) as
+    blocks of ``rows`` sentences, each row tagged with the file's name (``SOURCE_FILE``) so the
+    new round's files can be paired with it (``store.sink.RoundSink``). No rejects: the file
+    holds only sentences that were accepted when they were first read."""
+    import pyarrow.parquet as pq
+
+    from xner_ray.store.sink import split_uri
+
+    lang, uri = item
+    fs, path = split_uri(uri)
+    name = path.rsplit("/", 1)[-1]
+    cols = [c for c in SENTENCE_COLUMNS.names if c not in ("lang", "line")]
+    with fs.open_input_file(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=cols):
+            n = batch.num_rows
+            table = pa.Table.from_batches([batch])
+            out = {c: table.column(c) if c in table.column_names else pa.nulls(n, t)
+                   for c, t in zip(SENTENCE_COLUMNS.names, SENTENCE_COLUMNS.types)}
+            out["lang"] = pa.array([lang] * n, pa.string())
+            out["line"] = pa.nulls(n, pa.int64())
+            out[SOURCE_FILE] = pa.array([name] * n, pa.string())
+            yield pa.table(out, schema=STORED_COLUMNS)

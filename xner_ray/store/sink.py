@@ -7,7 +7,10 @@ path, rows and a few sums -- never the rows. The driver commits a round from tho
 
 Files of one write call share one name across tables (``sentences/part-X.parquet`` and
 ``pseudo_labels/part-X.parquet`` hold the same rows in the same order), which lets a training
-set read the two side by side without a join. A retried write task writes new names; only the
+set read the two side by side without a join. A later round of the same run labels the stored
+sentences again and writes no sentences table: its ``pseudo_labels/part-X.<hex>.parquet`` hold
+rows of the earlier round's ``sentences/part-X.parquet`` (a reader joins the two by sent_id,
+one file pair at a time). A retried write task writes new names; only the
 files a finished task reported are committed, the others are removed with the attempt prefix.
 
 :class:`RejectFiles` is the same idea for the read side: a read task writes its input file's
@@ -98,8 +101,9 @@ class RoundSink:
         node = _node_id()
         for lang in sorted(langs):
             part = table.filter(pc.equal(table.column("lang"), lang))
-            for t in self.tables:
-                out.append({**self._write_one(t, lang, name, part), "node": node})
+            for file, rows in _by_source(part, name):
+                for t in self.tables:
+                    out.append({**self._write_one(t, lang, file, rows), "node": node})
         return out
 
     def _write_one(self, name: str, lang: str, file: str, part: pa.Table) -> dict:
@@ -112,6 +116,46 @@ class RoundSink:
         pq.write_table(table, path, filesystem=self.fs, compression="zstd",
                        row_group_size=ROW_GROUP_ROWS)
         return {"table": name, "lang": lang, "path": path, **_sums(name, table)}
+
+
+# A column of rows read back from a stored sentences file (``labeling.source.read_stored``):
+# that file's name. Not stored; it names the files the rows are written to.
+SOURCE_FILE = "src_file"
+
+
+def file_stem(name: str) -> str:
+    """``part-<hex>`` of ``part-<hex>.parquet`` and of ``part-<hex>.<hex>.parquet``: the stored
+    sentences file whose rows a round's file holds (see :func:`_by_source`)."""
+    return name.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def pair_files(sentences: Sequence[str], labels: Sequence[str]) -> list[tuple[str, str]]:
+    """(sentences file, pseudo_labels file) pairs of a round, by :func:`file_stem`: the file
+    written with it (same rows, same order) or, for a round that labeled stored sentences, the
+    stored file its rows came from (a subset, any order: join by sent_id). Sorted by the
+    labels file."""
+    se = {file_stem(p): p for p in sentences}
+    pairs = []
+    for pl in sorted(labels):
+        if file_stem(pl) not in se:
+            raise ValueError(f"{pl} has no sentences file it was labeled from (no "
+                             f"sentences/{file_stem(pl)}.parquet): the round was not written "
+                             "by this version's sink; label it again")
+        pairs.append((se[file_stem(pl)], pl))
+    return pairs
+
+
+def _by_source(part: pa.Table, name: str) -> list[tuple[str, pa.Table]]:
+    """(file name, rows) of one write call. Rows read from a stored ``sentences`` file of an
+    earlier round (a ``src_file`` column) are written per source file, named
+    ``<its stem>.<hex>.parquet``, so a reader pairs the new files with the sentences they hold
+    (:func:`file_stem`) -- the sentences are stored once per run and language."""
+    if SOURCE_FILE not in part.column_names:
+        return [(name, part)]
+    col = part.column(SOURCE_FILE)
+    tag = name.split("-", 1)[1].split(".", 1)[0]
+    return [(f"{file_stem(src)}.{tag}.parquet", part.filter(pc.equal(col, src)))
+            for src in sorted(pc.unique(col).to_pylist())]
 
 
 def _node_id() -> Optional[str]:

@@ -1,13 +1,15 @@
 """Student distillation from the store's pseudo-labels, on Ray Train.
 
 The training set of a (run, language, round) is read by Ray Data tasks straight from the
-round's files: each task reads one ``sentences`` file and the ``pseudo_labels`` file written
-with it (same rows, same order: ``store.sink.RoundSink``), keeps the selected rows -- a
-whole-set selector's decision is re-applied from its cut-offs, recorded in the manifest -- and
-Ray Train's workers take their shards of that stream. No export to a driver's disk, no join;
-store paths may be URIs (``s3://``). The student starts from the pre-trained encoder (not the
-teacher) and learns the teacher's soft labels with the token-level MSE (TSL Eq. 3, RIKD Eq. 1);
-model selection uses the source-language dev set only (zero-shot).
+round's files: each task reads one ``pseudo_labels`` file and the ``sentences`` file it was
+labeled from -- written with it (same rows, same order), or, in a later round of a run, the
+stored round-0 file it labeled again, joined by sent_id (``store.sink.pair_files``) -- keeps
+the selected rows (a whole-set selector's decision is re-applied from its cut-offs, recorded
+in the manifest), and Ray Train's workers take their shards of that stream. No export to a
+driver's disk, no global join; store paths may be URIs (``s3://``). The student starts from the
+pre-trained encoder (not the teacher) and learns the teacher's soft labels with the token-level
+MSE (TSL Eq. 3, RIKD Eq. 1); model selection uses the source-language dev set only
+(zero-shot).
 """
 
 from __future__ import annotations
@@ -56,17 +58,35 @@ def committed_round(store_root: str, run_id: str, lang: str, round: int) -> dict
     return manifest
 
 
-def file_pairs(files: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """(sentences, pseudo_labels) files of a round paired by name (written together)."""
-    se = {p.rsplit("/", 1)[-1]: p for p in files.get("sentences", [])}
-    pairs = []
-    for pl in sorted(files.get("pseudo_labels", [])):
-        name = pl.rsplit("/", 1)[-1]
-        if name not in se:
-            raise ValueError(f"{pl} has no sentences file of the same name: the round was not "
-                             "written by this version's sink; label it again")
-        pairs.append((se[name], pl))
-    return pairs
+def round_pairs(store, manifest: dict) -> list[tuple[str, str]]:
+    """(sentences, pseudo_labels) file pairs of a committed round (``store.sink.pair_files``).
+    A round that labeled an earlier round's stored sentences (manifest meta
+    ``sentences_round``) pairs its files with that round's sentences files."""
+    from xner_ray.store.sink import pair_files
+
+    files = {t: [store.path(f) for f in v["files"]] for t, v in manifest["tables"].items()}
+    src = manifest.get("meta", {}).get("sentences_round")
+    sentences = files.get("sentences", [])
+    if src is not None:
+        earlier = committed_round(store.uri, manifest["run_id"], manifest["lang"], src)
+        sentences = [store.path(f) for f in earlier["tables"]["sentences"]["files"]]
+    return pair_files(sentences, files.get("pseudo_labels", []))
+
+
+def tokens_of(se, pl, where: str):
+    """The ``tokens`` of ``pl``'s rows, in its order, from the sentences table ``se``: the same
+    rows in the same order (a round's own files), or a superset in any order (the stored
+    sentences an earlier round wrote) joined by ``sent_id`` -- equal ids have equal tokens, as
+    the id is a hash of language and tokens."""
+    import pyarrow.compute as pc
+
+    if se.num_rows == pl.num_rows and se.column("sent_id").equals(pl.column("sent_id")):
+        return se.column("tokens")
+    idx = pc.index_in(pl.column("sent_id"), value_set=se.column("sent_id"))
+    if idx.null_count:
+        raise ValueError(f"{where}: {idx.null_count} pseudo-labels have no sentence of their "
+                         "sent_id in the sentences file they were labeled from")
+    return se.column("tokens").take(idx)
 
 
 def round_selector(meta: dict, key: str = "selector"):
@@ -163,8 +183,7 @@ def read_training_pair(item: tuple[str, str], *, selector=None, selected_only: b
     if selector is not None:
         cols += [c for c in selector.rank_columns if c not in cols]
     pl = pq.read_table(pl_path, filesystem=fs, columns=cols)
-    if se.num_rows != pl.num_rows or not se.column("sent_id").equals(pl.column("sent_id")):
-        raise ValueError(f"{item[0]} and {item[1]} do not hold the same sentences in order")
+    tokens = tokens_of(se, pl, f"{item[1]} (sentences {item[0]})")
     if selector is not None:
         pl = selector(pl)
     probs = pl.column("probs")
@@ -187,7 +206,7 @@ def read_training_pair(item: tuple[str, str], *, selector=None, selected_only: b
                 if sid in changed:
                     rows[k] = calibrated_probs(rows[k], changed[sid], labels)
             probs = pa.array(rows, probs.type)
-    table = pa.table({"sent_id": pl.column("sent_id"), "tokens": se.column("tokens"),
+    table = pa.table({"sent_id": pl.column("sent_id"), "tokens": tokens,
                       "probs": probs, "weight": pl.column("weight").cast(pa.float32())})
     if selected_only:
         keep = pc.and_(pl.column("selected"), pc.greater(pl.column("weight"), 0))
@@ -217,7 +236,7 @@ def distill(cfg: DistillConfig) -> Path:
         if not calibrations:
             raise ValueError(f"calibrated: true, but round {cfg.round} of {cfg.run_id}/{cfg.lang} "
                              "has no calibrations (label it with a `calibrator`)")
-    ds = training_dataset(store, file_pairs(files), selector=selector,
+    ds = training_dataset(store, round_pairs(store, manifest), selector=selector,
                           selected_only=cfg.selected_only, calibrations=calibrations,
                           labels=labels, calib_selector=(
                               round_selector(manifest.get("meta", {}), "calib_selector")

@@ -66,19 +66,20 @@ class RoundCalibrationStage(CalibrationStage):
 
 
 def read_pair(item: tuple[str, str, str], *, rows: int = 256) -> Iterator[pa.Table]:
-    """One read task: a round's (sentences, pseudo_labels) file pair -- same rows in the same
-    order (``store.sink.RoundSink``) -- as blocks of tokens + base tags + soft labels."""
+    """One read task: a round's (sentences, pseudo_labels) file pair (``store.sink.pair_files``:
+    written together, or the stored sentences a later round labeled) as blocks of tokens + base
+    tags + soft labels."""
     import pyarrow.parquet as pq
 
     from xner_ray.store.sink import split_uri
+    from xner_ray.train.distill import tokens_of
 
     lang, se_uri, pl_uri = item
     (fs, se_path), (_, pl_path) = split_uri(se_uri), split_uri(pl_uri)
     se = pq.read_table(se_path, filesystem=fs, columns=SENTENCE_COLS)
     pl = pq.read_table(pl_path, filesystem=fs, columns=LABEL_COLS)
-    if se.num_rows != pl.num_rows or not se.column("sent_id").equals(pl.column("sent_id")):
-        raise ValueError(f"{se_uri} and {pl_uri} do not hold the same sentences in order")
-    table = pl.append_column("tokens", se.column("tokens")).append_column(
+    tokens = tokens_of(se, pl, f"{pl_uri} (sentences {se_uri})")
+    table = pl.append_column("tokens", tokens).append_column(
         "lang", pa.array([lang] * pl.num_rows, pa.string()))
     for start in range(0, table.num_rows, rows):
         yield table.slice(start, rows)

@@ -1,7 +1,8 @@
 """RIKD: reinforced iterative knowledge distillation (Liang et al. 2021, Algorithm 1).
 
 For each target language, K rounds: the round's teacher (the source teacher in round 0, the
-previous round's student after that) labels the target text through the labeling pipeline; a
+previous round's student after that) labels the target text through the labeling pipeline
+(round 0 reads the text and stores its sentences; later rounds label those stored sentences); a
 fresh student -- initialised from the pre-trained encoder, not from the teacher -- learns the
 soft labels with warm-up steps on everything and then reinforced instance selection (Algorithm 2,
 ``methods.rikd.step.RikdStep``); the policy's decisions fill ``policy_p``/``selected`` of the round's
@@ -143,7 +144,9 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str], 
                             run_id=cfg.run_id, round=k,
                             inputs=[{"path": target.unlabeled, "lang": target.lang,
                                      "fmt": target.fmt}], selector=plan.selector,
-                            lang_scorers=plan.lang_scorers, **cfg.label)
+                            lang_scorers=plan.lang_scorers,
+                            # every round labels the same text: the sentences round 0 stored
+                            sentences_from=0 if k else None, **cfg.label)
     with label_rounds(label_cfg, store) as rounds:
         r = rounds[target.lang]
         n = r.counts["selected"]  # keep_all selects every row with weight 1
