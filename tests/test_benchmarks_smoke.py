@@ -44,3 +44,31 @@ def test_driver_path_quick(tmp_path):
     for size, check in r["selection"].items():
         if size != "growth":
             assert check["exact_cutoffs"]["cutoffs"] == check["driver_fit"]["cutoffs"]
+
+
+def test_fair_budget_gives_students_the_teachers_steps_and_reports_seeds(tmp_path):
+    """``benchmarks/fair_budget.py``: a student's steps are its teacher's (in enough epochs to
+    reach them), and the table is mean +- std over the seeds run, with the gap to direct
+    transfer and an explicit mark where fewer than 3 seeds ran."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import fair_budget as fb
+
+    teacher = tmp_path / "t"
+    teacher.mkdir()
+    (teacher / "train_summary.json").write_text(json.dumps({
+        "config": {"epochs": 2, "max_steps": None}, "best": {"epoch": 2, "step": 1762}}))
+    assert fb.teacher_steps(teacher) == 1762
+    (teacher / "train_summary.json").write_text(json.dumps({  # best epoch 1 of 2
+        "config": {"epochs": 2, "max_steps": None}, "best": {"epoch": 1, "step": 881}}))
+    assert fb.teacher_steps(teacher) == 1762
+    es = fb.student_budget(1762, 8323, seed=43)  # 521 steps an epoch: 4 epochs, capped
+    nl = fb.student_budget(1762, 15806, seed=43)  # 988 an epoch: 2 epochs
+    assert (es["epochs"], es["max_steps"], nl["epochs"], es["seed"]) == (4, 1762, 2, 43)
+    rows = {"direct": {"es": {"42": {"f1": 0.60}, "43": {"f1": 0.70}}},
+            "tsl": {"es": {"42": {"f1": 0.64, "source_dev_f1": 0.9, "per_type": {"PER": 0.8}},
+                           "43": {"f1": 0.72, "source_dev_f1": 0.9}}}}
+    md = fb.markdown({"teacher_budget": {}, "student": {}, "rounds": 3, "warmup_steps": 500,
+                      "rows": rows, "runs": {}})
+    assert "| TSL single-source | 0.6800 +- 0.0566 (n=2) | +3.0 |" in md
+    assert "| Direct transfer (English teacher) | 0.6500 +- 0.0707 (n=2) | - |" in md
+    assert "PER 0.800" in md and "**Incomplete: fewer than 3 seeds" in md

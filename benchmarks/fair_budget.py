@@ -1,0 +1,245 @@
+"""Methods at a fair budget, over seeds (issue 16 item 4): direct transfer against TSL,
+iterative KD (RIKD without RL) and RIKD students, en -> es and en -> nl on CoNLL.
+
+Fair, unlike ``distillation.py --budget cpu`` (2,000 sampled sentences, 250 student steps):
+
+- the unlabeled target text is the whole target train split, labels dropped (es 8,323,
+  nl 15,806 sentences);
+- every student takes as many optimisation steps as its teacher did (the teacher's
+  ``train_summary.json``: 1,762 steps of 16 sentences at the CPU budget), in as many epochs as
+  that needs, with a dev score after each epoch and at the last step;
+- every row is run for each ``--seeds`` seed: seed s trains its own English teacher
+  (``direct_transfer.py``'s CPU budget; seed 42 reuses ``outputs/direct_transfer/cpu`` when it
+  was trained with that budget and seed) and its students (student seed s, RIKD policy seeds
+  from it); the table gives mean +- sample std over the seeds run so far, and says how many.
+
+Students are chosen by English dev F1 only (the best epoch of each; a method's final row is
+its last round); target dev labels score the rows and choose nothing.
+
+    python benchmarks/fair_budget.py --methods direct tsl --langs es nl --seeds 42 43 44
+    python benchmarks/fair_budget.py --methods ikd rikd --seeds 42      # 3 rounds each
+    python benchmarks/fair_budget.py --render                           # rewrite the .md
+
+Cost on 2 CPUs: a teacher or a student ~25-30 min (1,762 steps), labeling es ~2-5 min and
+nl ~4-9 min; TSL ~0.5 h per language and seed, iterative KD and RIKD ~1.5 h (3 rounds). Runs
+resume: a (method, language, seed) already in the results file is skipped, a RIKD run resumes at
+its last complete round. Writes ``benchmarks/results/fair_budget_cpu.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import footer, provenance  # noqa: E402
+from direct_transfer import BUDGETS as TEACHER_BUDGETS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LANGS = ("es", "nl")
+METHODS = ("direct", "tsl", "ikd", "rikd")
+NAMES = {"direct": "Direct transfer (English teacher)", "tsl": "TSL single-source",
+         "ikd": "Iterative KD (RIKD w/o RL)", "rikd": "RIKD"}
+TEACHER = TEACHER_BUDGETS["cpu"]
+# Students: shaped like the CPU teacher (bottom 6 layers), the papers' freezing (embeddings +
+# bottom 3 layers), batch 16 like the teacher; lr 3e-4 as chosen on English dev for the CPU
+# budget (benchmarks/results/distillation_calibration_cpu.md). Steps: the teacher's (above).
+STUDENT = dict(layers=6, batch_size=16, lr=3e-4, freeze_embeddings=True, freeze_layers=3,
+               max_length=128, dev_limit=1000)
+ROUNDS = 3  # RIKD 4.2: K = 3
+WARMUP_STEPS = 500  # RIKD 4.2's J_w (of 1,762 steps here)
+
+
+def teacher_dir(seed: int, out: Path) -> Path:
+    """The English teacher of ``seed``: the committed direct-transfer CPU teacher for its own
+    seed when its config is this budget, else one trained here (once)."""
+    from xner_ray.cluster import init_ray
+    from xner_ray.train.teacher import TeacherConfig, train_teacher
+
+    shared = REPO / "outputs" / "direct_transfer" / "cpu"
+    if (shared / "train_summary.json").exists():
+        cfg = json.loads((shared / "train_summary.json").read_text())["config"]
+        if cfg.get("seed") == seed and all(cfg.get(k) == v for k, v in TEACHER.items()):
+            return shared
+    dest = out / f"teacher-s{seed}"
+    if not (dest / "train_summary.json").exists():
+        data = REPO.parent / "shared" / "data"
+        init_ray()
+        train_teacher(TeacherConfig(train=str(data / "conll2003-en/train.txt"),
+                                    dev=str(data / "conll2003-en/dev.txt"), out=str(dest),
+                                    model="builtin:me5-small", seed=seed, **TEACHER))
+    return dest
+
+
+def teacher_steps(teacher: Path) -> int:
+    """Optimisation steps the teacher took: its best epoch's step count when that was the last
+    epoch, else that count scaled to all its epochs (the summary keeps the best epoch only)."""
+    summary = json.loads((teacher / "train_summary.json").read_text())
+    best, epochs = summary["best"], summary["config"]["epochs"]
+    steps = round(best["step"] / best["epoch"] * epochs)
+    return min(steps, summary["config"].get("max_steps") or steps)
+
+
+def student_budget(steps: int, n_sentences: int, seed: int) -> dict:
+    per_epoch = math.ceil(n_sentences / STUDENT["batch_size"])
+    return {**STUDENT, "epochs": math.ceil(steps / per_epoch), "max_steps": steps, "seed": seed}
+
+
+def count_sentences(path: Path, lang: str) -> int:
+    from xner_ray.io.text import read_unlabeled
+
+    return sum(1 for _ in read_unlabeled(str(path), lang=lang, fmt="conll"))
+
+
+def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: Path) -> dict:
+    """One (method, language, seed) row: target dev scores (+ English dev F1 of students)."""
+    from xner_ray.evaluate import evaluate_model
+
+    dev = data / f"conll2002-{lang}/dev.txt"
+    if method == "direct":
+        r = evaluate_model(str(teacher), str(dev), lang=lang)
+        return {"f1": round(float(r["f1"]), 6), "precision": round(float(r["precision"]), 6),
+                "recall": round(float(r["recall"]), 6),
+                "per_type": {t: round(v["f1"], 6) for t, v in sorted(r["per_type"].items())}}
+    from xner_ray.methods.rikd import RikdConfig, run_rikd
+    from xner_ray.methods.tsl import TslConfig, run_tsl
+
+    unlabeled = data / f"conll2002-{lang}/train.txt"  # whole split; the reader drops its tags
+    steps = teacher_steps(teacher)
+    student = student_budget(steps, count_sentences(unlabeled, lang), seed)
+    target = {"lang": lang, "unlabeled": str(unlabeled), "fmt": "conll", "dev": str(dev)}
+    common = dict(store=str(out / "store"), source_dev=str(data / "conll2003-en/dev.txt"),
+                  targets=[target], student=student)
+    run_id = f"{method}-{lang}-s{seed}"
+    if method == "tsl":
+        s = run_tsl(TslConfig(run_id=run_id, out=str(out / run_id),
+                              teachers=[{"lang": "en", "model": str(teacher)}], **common))[lang]
+        return {**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "student": student,
+                "seconds": s.get("seconds")}
+    res = run_rikd(RikdConfig(run_id=run_id, out=str(out / run_id), teacher=str(teacher),
+                              rounds=ROUNDS, reinforce=method == "rikd",
+                              warmup_steps=WARMUP_STEPS, **common))[lang]
+    rounds = [{**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "round": s["round"],
+               **{k: s[k] for k in ("discard_ratio", "mean_reward", "kept_share", "seconds")
+                  if s.get(k) is not None}} for s in res]
+    return {**rounds[-1], "rounds": rounds, "student": student}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--langs", nargs="+", default=list(LANGS), choices=LANGS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--out", default=str(REPO / "outputs" / "fair_budget" / "cpu"))
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--redo", action="store_true", help="run rows already in the results again")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
+    args = p.parse_args(argv)
+    dest = Path(args.results) / "fair_budget_cpu"
+    result = (json.loads(dest.with_suffix(".json").read_text())
+              if dest.with_suffix(".json").exists() else
+              {"benchmark": "fair_budget", "teacher_budget": TEACHER, "student": STUDENT,
+               "rounds": ROUNDS, "warmup_steps": WARMUP_STEPS, "rows": {}, "runs": {}})
+    if args.render:
+        dest.with_suffix(".md").write_text(markdown(result))
+        return 0
+    if (result["teacher_budget"], result["student"]) != (TEACHER, STUDENT):
+        p.error(f"{dest}.json was written with another budget; move it away first")
+    meta = provenance()
+    data, out = Path(args.data_dir), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from xner_ray.cluster import init_ray
+
+    init_ray()
+    for seed in args.seeds:
+        teacher = teacher_dir(seed, out)
+        result.setdefault("teachers", {})[str(seed)] = {"dir": str(teacher),
+                                                        "steps": teacher_steps(teacher)}
+        for lang in args.langs:
+            for method in args.methods:
+                cell = result["rows"].setdefault(method, {}).setdefault(lang, {})
+                if str(seed) in cell and not args.redo:
+                    continue
+                t0 = time.time()
+                cell[str(seed)] = run_one(method, lang, seed, teacher, out, data)
+                key = f"{method}/{lang}/{seed}"
+                result["runs"][key] = {**{k: meta[k] for k in ("command", "git_revision",
+                                                                 "date", "machine")},
+                                       "seconds": round(time.time() - t0, 1)}
+                result["versions"] = meta["versions"]
+                print(f"[bench] {key}: F1 {cell[str(seed)]['f1']:.4f}", flush=True)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.with_suffix(".json").write_text(json.dumps(result, indent=2))
+                dest.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {dest}.json and .md")
+    return 0
+
+
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return f"{mean:.4f}" + (f" +- {std:.4f}" if std is not None else "") + f" (n={len(values)})"
+
+
+def markdown(r: dict) -> str:
+    rows = r["rows"]
+    langs = [l for l in LANGS if any(l in rows.get(m, {}) for m in METHODS)]
+    direct = {l: [v["f1"] for v in rows.get("direct", {}).get(l, {}).values()] for l in langs}
+    lines = ["# Methods at a fair budget, over seeds (cpu)", "",
+             "Target dev F1 (seqeval, entity level, strict IOB2, full CoNLL-2002 dev files): "
+             "mean +- sample std over the seeds run (n). Unlabeled target text: the whole "
+             "target train split, labels dropped. Every student takes its teacher's number of "
+             "optimisation steps and is chosen by English dev F1 (its best epoch); a "
+             "multi-round method's row is its last round. Target labels choose nothing.", "",
+             f"Teacher budget (each seed its own teacher): {r['teacher_budget']}. Students: "
+             f"{r['student']}, steps = the teacher's; RIKD: {r['rounds']} rounds, J_w = "
+             f"{r['warmup_steps']} warm-up steps.", "",
+             "| method | " + " | ".join(f"{l} F1" for l in langs) + " | "
+             + " | ".join(f"{l} vs direct (points)" for l in langs) + " |",
+             "|---|" + "---|" * (2 * len(langs))]
+    for m in METHODS:
+        if m not in rows:
+            continue
+        f1 = {l: [v["f1"] for v in rows[m].get(l, {}).values()] for l in langs}
+        delta = []
+        for l in langs:
+            if m == "direct" or not f1[l] or not direct[l]:
+                delta.append("-")
+            else:
+                delta.append(f"{100 * (statistics.mean(f1[l]) - statistics.mean(direct[l])):+.1f}")
+        lines.append(f"| {NAMES[m]} | " + " | ".join(_stat(f1[l]) for l in langs) + " | "
+                     + " | ".join(delta) + " |")
+    lines += ["", "Per seed (target dev F1; English dev F1 of the chosen student in brackets):", "",
+              "| method | lang | seed | F1 | en dev F1 | per type (F1) |", "|---|---|---|---|---|---|"]
+    for m in METHODS:
+        for l in langs:
+            for seed, v in sorted(rows.get(m, {}).get(l, {}).items()):
+                types = ", ".join(f"{t} {f:.3f}" for t, f in sorted(v.get("per_type", {}).items()))
+                src = v.get("source_dev_f1")
+                lines.append(f"| {NAMES[m]} | {l} | {seed} | {v['f1']:.4f} | "
+                             f"{f'{src:.4f}' if src is not None else '-'} | {types} |")
+                for rd in v.get("rounds", [])[:-1]:
+                    lines.append(f"| {NAMES[m]}, round {rd['round'] + 1} | {l} | {seed} | "
+                                 f"{rd['f1']:.4f} | {rd['source_dev_f1']:.4f} | |")
+    missing = [f"{m}/{l}" for m in METHODS for l in LANGS
+               if len(rows.get(m, {}).get(l, {})) < 3]
+    if missing:
+        lines += ["", "**Incomplete: fewer than 3 seeds (or none) for " + ", ".join(missing)
+                  + ".** A difference under a point or two is not a finding on one seed."]
+    lines += ["", "Runs (command, revision, date, seconds) per row: the .json `runs`.", ""]
+    runs = list(r.get("runs", {}).values())
+    if runs:
+        lines += ["The last row run:", "", *footer({**runs[-1], "versions": r.get("versions", {})})]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
