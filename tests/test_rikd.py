@@ -102,3 +102,48 @@ def test_bad_rikd_config_fails_before_any_work(tmp_path, capsys):
                       "targets: [{lang: de, unlabeled: u, devv: typo}]\n")
     assert _rikd_main(["--config", str(config)]) == 2
     assert "unknown key targets[0].devv; did you mean 'dev'?" in capsys.readouterr().err
+
+
+def test_table7_8_settings_are_checked(tiny_teacher_dir, tmp_path):
+    from xner_ray.methods.rikd import RikdConfig
+
+    base = dict(run_id="x", store=str(tmp_path / "s"), out=str(tmp_path / "o"),
+                source_dev=str(sample_path("en.dev.txt")), teacher=str(tiny_teacher_dir),
+                targets=[{"lang": "de", "unlabeled": str(sample_path("de.dev.txt"))}])
+    for extra, message in (
+            ({"selection": "random"}, "selection must be one of"),
+            ({"selection": "confidence"}, "discard_ratio goes with selection"),
+            ({"discard_ratio": 0.4}, "discard_ratio goes with selection"),
+            ({"selection": "agreement", "discard_ratio": 1.0}, r"discard_ratio must be in \[0, 1\)"),
+            ({"selection": "confidence", "discard_ratio": 0.4, "reinforce": False},
+             "it needs reinforce: true"),
+            ({"drop_features": ["f_conff"]}, "drop_features: names from"),
+            ({"selection": "confidence", "discard_ratio": 0.4, "drop_features": ["f_conf"]},
+             "with the policy only")):
+        with pytest.raises(ValueError, match=message):
+            RikdConfig(**base, **extra)
+    RikdConfig(**base, drop_features=["f_agree"])  # a Table 8 ablation is fine
+
+
+@pytest.mark.slow
+def test_confidence_selection_baseline_keeps_each_batchs_top(ray_cluster, tiny_teacher_dir,
+                                                             tiny_model_dir, tmp_path):
+    """RIKD Table 7's confidence baseline: after the warm-up each batch keeps its most
+    confident 60%; the decisions carry the rule's id and no policy probability."""
+    from xner_ray.sqlshell import connect
+
+    config = _config(tmp_path, tiny_teacher_dir, tiny_model_dir, rounds=1,
+                     selection="confidence", discard_ratio=0.4)
+    assert _rikd_main(["--config", config]) == 0
+    con = connect(tmp_path / "store")
+    n, with_p, kept, selectors = con.execute(
+        "SELECT count(*), count(policy_p), sum(selected::INT), list(DISTINCT selector) "
+        "FROM pseudo_labels").fetchone()
+    assert (n, with_p, selectors) == (300, 0, ["rikd_confidence_batch.v1(discard=0.4)"])
+    assert 0.55 * n <= kept <= 0.65 * n  # every row is decided in epoch 2 (after the warm-up)
+    mean_kept, mean_dropped = con.execute(
+        "SELECT avg(confidence) FILTER (WHERE selected), avg(confidence) FILTER (WHERE NOT "
+        "selected) FROM pseudo_labels").fetchone()
+    assert mean_kept > mean_dropped
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())["de"][0]
+    assert 0.35 <= summary["discard_ratio"] <= 0.45 and summary["mean_reward"] is None

@@ -334,3 +334,28 @@ def test_literal_update_is_still_available():
     literal update), as test_single_update_matches_hand_computation checks by hand."""
     sel = RLSelector(nn.Identity(), Policy(2), normalize=False, standardize=False)
     assert sel.norm is None and sel.rewards is None and sel.advantage(1e-4) == 1e-4
+
+
+def test_table8_ablation_zeroes_the_dropped_features_only():
+    """RIKD Table 8: a dropped feature reads 0 in every state, the others are unchanged."""
+    torch.manual_seed(0)
+    full = StateEncoder(LABELS, hidden_size=4)
+    torch.manual_seed(0)
+    no_agree = StateEncoder(LABELS, hidden_size=4, drop=("f_agree", "f_semantic"))
+    x = hand_batch()
+    a, b = full(x), no_agree(x)
+    assert torch.all(b[:, 2] == 0) and torch.all(b[:, 3:-1] == 0)
+    assert torch.equal(a[:, :2], b[:, :2]) and torch.equal(a[:, -1], b[:, -1])
+    with pytest.raises(ValueError, match=r"unknown state features \['f_conff'\]"):
+        StateEncoder(LABELS, hidden_size=4, drop=("f_conff",))
+
+
+def test_table7_rules_keep_each_batchs_top_share():
+    """RIKD Table 7's baselines keep round(share * n) top scores of a batch (at least one;
+    ties go to the earlier instance)."""
+    from xner_ray.methods.rikd.step import top_share
+
+    score = torch.tensor([0.2, 0.9, 0.5, 0.9, 0.1])
+    assert top_share(score, 0.6).tolist() == [False, True, True, True, False]
+    assert top_share(score, 0.2).tolist() == [False, True, False, False, False]  # tie: earlier
+    assert top_share(score, 0.01).sum() == 1 and top_share(score, 1.0).all()

@@ -46,6 +46,16 @@ class RikdConfig(JobConfig):
     warmup_steps: int = field(default=100, metadata={"help": "J_w: steps on all data first"})
     policy_lr: float = field(default=0.01, metadata={"help": "policy SGD learning rate (Eq. 4)"})
     reward_scale: float = field(default=1.0, metadata={"help": "multiplies r in Eq. 4"})
+    selection: str = field(default="policy", metadata={
+        "help": "who selects after the warm-up: policy (RIKD) | confidence (Eq. 5) | agreement "
+                "(Eq. 6) -- the last two are RIKD's Table 7 baselines: each batch keeps its "
+                "top instances and discards `discard_ratio` of them"})
+    discard_ratio: Optional[float] = field(default=None, metadata={
+        "help": "per-batch discard share of selection: confidence | agreement (the paper "
+                "matches RIKD's average discard ratio of round 1, its Table 6)"})
+    drop_features: list = field(default_factory=list, metadata={
+        "help": "state features the policy does not see (RIKD Table 8 ablations): any of "
+                "f_entities, f_conf, f_agree, f_semantic, f_length"})
     selector: str = field(default="keep_all", metadata={
         "help": "labeling selector applied before the policy: the student (and the policy) see "
                 "only its rows, e.g. 'lang_score:0.8' (AdvPicker selection, needs lang_scorers)"})
@@ -63,6 +73,7 @@ class RikdConfig(JobConfig):
         from xner_ray.labeling.pipeline import check_selector
 
         check_selector(self.selector, self.lang_scorers)
+        self._check_selection()
         if self.rounds < 1 or self.warmup_steps < 0 or self.policy_lr <= 0:
             raise ValueError("rounds >= 1, warmup_steps >= 0 and policy_lr > 0 are required")
         if not self.teacher and not self.train_teacher:
@@ -73,6 +84,28 @@ class RikdConfig(JobConfig):
         if self.train_teacher:
             self.train_teacher = {k: (absolute(v) if k in ("train", "dev", "out") else v)
                                   for k, v in self.train_teacher.items()}
+
+
+    def _check_selection(self) -> None:
+        from xner_ray.methods.rikd.policy import FEATURES
+        from xner_ray.methods.rikd.step import RikdStep
+
+        if self.selection not in ("policy", *RikdStep.RULES):
+            raise ValueError(f"selection must be one of {('policy', *RikdStep.RULES)}, got "
+                             f"{self.selection!r}")
+        if self.selection != "policy" and not self.reinforce:
+            raise ValueError(f"selection: {self.selection} selects after the warm-up; it needs "
+                             "reinforce: true (reinforce: false trains on everything)")
+        rule = self.selection != "policy"
+        if rule != (self.discard_ratio is not None):
+            raise ValueError("discard_ratio goes with selection: confidence | agreement, and "
+                             "only there")
+        if rule and not 0.0 <= self.discard_ratio < 1.0:
+            raise ValueError(f"discard_ratio must be in [0, 1), got {self.discard_ratio}")
+        unknown = sorted(set(self.drop_features) - set(FEATURES))
+        if unknown or (self.drop_features and (rule or not self.reinforce)):
+            raise ValueError(f"drop_features: names from {list(FEATURES)}, with the policy only "
+                             f"(got {self.drop_features}, selection {self.selection})")
 
 
 def run_rikd(cfg: RikdConfig) -> dict:
@@ -175,7 +208,10 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str], 
             # would draw the same keep/drop stream over the same batch positions
             step_args=dict(warmup_steps=cfg.warmup_steps, policy_lr=cfg.policy_lr,
                            reward_scale=cfg.reward_scale, seed=train_cfg.seed + k,
-                           selector_id=_selector_id(plan.selector)),
+                           selector_id=_selector_id(plan.selector, cfg),
+                           **({"rule": cfg.selection, "discard_ratio": cfg.discard_ratio}
+                              if cfg.selection != "policy" else {}),
+                           drop_features=tuple(cfg.drop_features)),
             artifacts_dir=artifacts)
         policy = _add_decisions(store, r) if cfg.reinforce else {}
         summary = {"round": k, "teacher": "+".join(teachers), "student": student,
@@ -198,12 +234,18 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str], 
     return summary
 
 
-def _selector_id(spec: str) -> str:
-    """``rikd_policy.v1``, prefixed by the labeling selector when one narrowed the rows."""
+def _selector_id(spec: str, cfg: Optional[RikdConfig] = None) -> str:
+    """``rikd_policy.v1`` (or a Table 7 rule's / a Table 8 ablation's id), prefixed by the
+    labeling selector when one narrowed the rows."""
     from xner_ray.selectors import KeepAll, make_selector
 
+    own = SELECTOR_ID
+    if cfg is not None and cfg.selection != "policy":
+        own = f"rikd_{cfg.selection}_batch.v1(discard={cfg.discard_ratio:g})"
+    elif cfg is not None and cfg.drop_features:
+        own = f"{SELECTOR_ID}(drop={'+'.join(sorted(cfg.drop_features))})"
     pre = make_selector(spec)
-    return SELECTOR_ID if isinstance(pre, KeepAll) else f"{pre.id}+{SELECTOR_ID}"
+    return own if isinstance(pre, KeepAll) else f"{pre.id}+{own}"
 
 
 def _add_decisions(store, r) -> dict:
@@ -230,5 +272,9 @@ def _add_decisions(store, r) -> dict:
     return {"rl_steps": len(history),
             "discard_ratio": (sum(h["discard_ratio"] for h in history) / len(history)
                               if history else None),
-            "mean_reward": sum(h["reward"] for h in history) / len(history) if history else None,
+            "mean_reward": _mean([h["reward"] for h in history if h["reward"] is not None]),
             "decided_instances": decided}
+
+
+def _mean(values: list) -> Optional[float]:
+    return sum(values) / len(values) if values else None

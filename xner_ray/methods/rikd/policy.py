@@ -53,6 +53,7 @@ from xner_ray.scores import EPS, OUTSIDE
 from xner_ray.train.losses import KD_LOSSES
 
 SCALARS = ("f_entities", "f_conf", "f_agree", "f_length")
+FEATURES = ("f_entities", "f_conf", "f_agree", "f_semantic", "f_length")  # RIKD 3.3.1, Table 8
 
 
 def _fp32(device: torch.device):
@@ -103,12 +104,20 @@ class StateInputs:
 
 
 class StateEncoder(nn.Module):
-    """RIKD 3.3.1 state s = [f_entities, f_conf, f_agree, f_semantic, f_length], d_z + 4 wide."""
+    """RIKD 3.3.1 state s = [f_entities, f_conf, f_agree, f_semantic, f_length], d_z + 4 wide.
 
-    def __init__(self, labels: Sequence[str], hidden_size: int, d_u: int = 50, d_z: int = 256):
+    ``drop``: features removed from the state (RIKD Table 8's ablations): their entries are
+    zero, so the policy cannot read them (the width stays, and so do the paper's sizes)."""
+
+    def __init__(self, labels: Sequence[str], hidden_size: int, d_u: int = 50, d_z: int = 256,
+                 drop: Sequence[str] = ()):
         super().__init__()
         if OUTSIDE not in labels:
             raise ValueError(f"label set {list(labels)} has no {OUTSIDE!r} tag (f_entities)")
+        unknown = sorted(set(drop) - set(FEATURES))
+        if unknown:
+            raise ValueError(f"unknown state features {unknown}; valid: {list(FEATURES)}")
+        self.drop = tuple(drop)
         self.n_labels, self.outside_id, self.d_z = len(labels), list(labels).index(OUTSIDE), d_z
         self.label_emb = nn.Embedding(len(labels), d_u)       # U in R^{c x d_u}
         self.proj = nn.Linear(hidden_size + d_u, d_z)         # W_u, b_u
@@ -154,7 +163,13 @@ class StateEncoder(nn.Module):
     def forward(self, x: StateInputs) -> torch.Tensor:
         with _fp32(x.mask.device):
             scal = self.scaled_features(self.raw_features(x))
-            return torch.cat([scal[:, :3], self.semantic(x), scal[:, 3:]], dim=1)
+            sem = self.semantic(x)
+            if self.drop:
+                keep = torch.tensor([f not in self.drop for f in SCALARS], device=scal.device)
+                scal = scal * keep
+                if "f_semantic" in self.drop:
+                    sem = torch.zeros_like(sem)
+            return torch.cat([scal[:, :3], sem, scal[:, 3:]], dim=1)
 
 
 class Policy(nn.Module):
@@ -399,13 +414,14 @@ class RLSelector(nn.Module):
     @classmethod
     def build(cls, labels: Sequence[str], hidden_size: int, *, d_u: int = 50, d_z: int = 256,
               d_s: int = 256, init_keep: float = 0.5, seed: Optional[int] = None,
-              **kwargs) -> "RLSelector":
-        """The paper's sizes (section 4.2): d_u = 50, d_z = d_s = 256, SGD lr 0.01."""
+              drop_features: Sequence[str] = (), **kwargs) -> "RLSelector":
+        """The paper's sizes (section 4.2): d_u = 50, d_z = d_s = 256, SGD lr 0.01;
+        ``drop_features``: a Table 8 ablation (``StateEncoder``'s ``drop``)."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            enc = StateEncoder(labels, hidden_size, d_u=d_u, d_z=d_z)
+            enc = StateEncoder(labels, hidden_size, d_u=d_u, d_z=d_z, drop=drop_features)
             pol = Policy(enc.state_dim, d_s, init_keep=init_keep)
         return cls(enc, pol, generator=gen, **kwargs)
 
