@@ -1,7 +1,9 @@
 """Methods at a fair budget, over seeds (issue 16 item 4): direct transfer against TSL,
 iterative KD (RIKD without RL) and RIKD students, en -> es and en -> nl on CoNLL.
 
-Fair, unlike ``distillation.py --budget cpu`` (2,000 sampled sentences, 250 student steps):
+RIKD's Table 7 baselines (confidence and agreement selection per batch, iteration 1, at RIKD's
+own round-1 discard ratio) are rows too. Fair, unlike ``distillation.py --budget cpu`` (2,000
+sampled sentences, 250 student steps):
 
 - the unlabeled target text is the whole target train split, labels dropped (es 8,323,
   nl 15,806 sentences);
@@ -18,6 +20,7 @@ its last round); target dev labels score the rows and choose nothing.
 
     python benchmarks/fair_budget.py --methods direct tsl --langs es nl --seeds 42 43 44
     python benchmarks/fair_budget.py --methods ikd rikd --seeds 42      # 3 rounds each
+    python benchmarks/fair_budget.py --methods conf agree --seeds 42    # after rikd: Table 7
     python benchmarks/fair_budget.py --render                           # rewrite the .md
 
 Cost on 2 CPUs: a teacher or a student ~25-30 min (1,762 steps), labeling es ~2-5 min and
@@ -42,9 +45,14 @@ from direct_transfer import BUDGETS as TEACHER_BUDGETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ("es", "nl")
-METHODS = ("direct", "tsl", "ikd", "rikd")
+METHODS = ("direct", "tsl", "ikd", "rikd", "conf", "agree")
 NAMES = {"direct": "Direct transfer (English teacher)", "tsl": "TSL single-source",
-         "ikd": "Iterative KD (RIKD w/o RL)", "rikd": "RIKD"}
+         "ikd": "Iterative KD (RIKD w/o RL)", "rikd": "RIKD",
+         "conf": "Confidence selection, round 1 (RIKD Table 7)",
+         "agree": "Agreement selection, round 1 (RIKD Table 7)"}
+# RIKD Table 7: iteration 1 only, each batch discarding RIKD's average discard ratio of round 1
+# (Table 6) of the same language and seed -- so these rows need that RIKD row first.
+RULES = {"conf": "confidence", "agree": "agreement"}
 TEACHER = TEACHER_BUDGETS["cpu"]
 # Students: shaped like the CPU teacher (bottom 6 layers), the papers' freezing (embeddings +
 # bottom 3 layers), batch 16 like the teacher; lr 3e-4 as chosen on English dev for the CPU
@@ -96,7 +104,8 @@ def count_sentences(path: Path, lang: str) -> int:
     return sum(1 for _ in read_unlabeled(str(path), lang=lang, fmt="conll"))
 
 
-def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: Path) -> dict:
+def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: Path,
+            rows: dict) -> dict:
     """One (method, language, seed) row: target dev scores (+ English dev F1 of students)."""
     from xner_ray.evaluate import evaluate_model
 
@@ -121,9 +130,16 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
                               teachers=[{"lang": "en", "model": str(teacher)}], **common))[lang]
         return {**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "student": student,
                 "seconds": s.get("seconds")}
+    rule = {}
+    if method in RULES:
+        rikd = rows.get("rikd", {}).get(lang, {}).get(str(seed))
+        if rikd is None:
+            raise SystemExit(f"{method}/{lang}/{seed} matches RIKD's round-1 discard ratio: run "
+                             f"--methods rikd --langs {lang} --seeds {seed} first")
+        rule = dict(selection=RULES[method], discard_ratio=rikd["rounds"][0]["discard_ratio"])
     res = run_rikd(RikdConfig(run_id=run_id, out=str(out / run_id), teacher=str(teacher),
-                              rounds=ROUNDS, reinforce=method == "rikd",
-                              warmup_steps=WARMUP_STEPS, **common))[lang]
+                              rounds=1 if rule else ROUNDS, reinforce=method != "ikd",
+                              warmup_steps=WARMUP_STEPS, **rule, **common))[lang]
     rounds = [{**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "round": s["round"],
                **{k: s[k] for k in ("discard_ratio", "mean_reward", "kept_share", "seconds")
                   if s.get(k) is not None}} for s in res]
@@ -167,7 +183,8 @@ def main(argv=None) -> int:
                 if str(seed) in cell and not args.redo:
                     continue
                 t0 = time.time()
-                cell[str(seed)] = run_one(method, lang, seed, teacher, out, data)
+                cell[str(seed)] = run_one(method, lang, seed, teacher, out, data,
+                                          result["rows"])
                 key = f"{method}/{lang}/{seed}"
                 result["runs"][key] = {**{k: meta[k] for k in ("command", "git_revision",
                                                                  "date", "machine")},
