@@ -107,7 +107,8 @@ def main(argv=None) -> int:
         n_sent = sum(c["sentences"] for c in counts.values())
         if n_sent != sum(c["sentences"] for c in old_counts.values()):
             raise RuntimeError(f"not the same rows: {counts} vs {old_counts}")
-        round0 = {t: sum(f.stat().st_size for f in fs) for t, fs in table_files(store).items()}
+        files0 = table_files(store)  # round 0's files: the per-round table below
+        round0 = {t: sum(f.stat().st_size for f in fs) for t, fs in files0.items()}
         t1 = time.time()
         later = label(LabelConfig(teachers=[model], inputs=inputs, store=str(store),
                                   run_id="bytes", block_rows=args.block_rows, round=1,
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
                   for t, fs in table_files(store).items()}
         rows = []
         old_files = table_files(old_store)
-        for table, files in table_files(store).items():
+        for table, files in files0.items():
             before = old_files[table]
             b_new = sum(f.stat().st_size for f in files)
             b_old = sum(f.stat().st_size for f in before)
