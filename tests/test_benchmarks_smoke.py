@@ -72,3 +72,17 @@ def test_fair_budget_gives_students_the_teachers_steps_and_reports_seeds(tmp_pat
     assert "| TSL single-source | 0.6800 +- 0.0566 (n=2) | +3.0 |" in md
     assert "| Direct transfer (English teacher) | 0.6500 +- 0.0707 (n=2) | - |" in md
     assert "PER 0.800" in md and "**Incomplete: fewer than 3 seeds" in md
+
+
+def test_tsl_multisource_table_compares_weightings_with_the_best_single_source():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import tsl_multisource as tm
+
+    r = {"corpus": "conll", "teacher_budget": {}, "direct": {"es": {"en": 0.67, "nl": 0.61}},
+         "rows": {"es": {"uniform": {"42": {"f1": 0.70}, "43": {"f1": 0.72}},
+                         "similarity": {"42": {"f1": 0.69, "weights": {"en": 0.4, "nl": 0.6}}}}},
+         "runs": {}}
+    md = tm.markdown(r)
+    assert ("| es | en 0.6700 | 0.7100 +- 0.0141 (n=2) | 0.6900 (n=1) | en 0.400, nl 0.600 |"
+            in md)
+    assert "es: en 0.6700, nl 0.6100" in md

@@ -85,7 +85,6 @@ class RikdConfig(JobConfig):
             self.train_teacher = {k: (absolute(v) if k in ("train", "dev", "out") else v)
                                   for k, v in self.train_teacher.items()}
 
-
     def _check_selection(self) -> None:
         from xner_ray.methods.rikd.policy import FEATURES
         from xner_ray.methods.rikd.step import RikdStep
