@@ -234,7 +234,8 @@ def markdown(r: dict) -> str:
                 delta.append(f"{100 * (statistics.mean(f1[l]) - statistics.mean(direct[l])):+.1f}")
         lines.append(f"| {NAMES[m]} | " + " | ".join(_stat(f1[l]) for l in langs) + " | "
                      + " | ".join(delta) + " |")
-    lines += ["", "Per seed (target dev F1; English dev F1 of the chosen student in brackets):", "",
+    lines += ["", "Per seed (target dev F1, the English dev F1 that chose the student, target dev "
+              "F1 per entity type):", "",
               "| method | lang | seed | F1 | en dev F1 | per type (F1) |", "|---|---|---|---|---|---|"]
     for m in METHODS:
         for l in langs:
