@@ -58,6 +58,15 @@ def footer(r: dict) -> list[str]:
             f"Machine: {r['machine']}  ", f"Versions: {r['versions']}  ", f"Date: {r['date']}", ""]
 
 
+def last_run_footer(r: dict) -> list[str]:
+    """The footer of a results file whose rows come from several runs (``r["runs"]``: one
+    provenance per row, in the order they ran): the last one's, so named."""
+    runs = list(r.get("runs", {}).values())
+    if not runs:
+        return []
+    return ["The last row run:", "", *footer({**runs[-1], "versions": r.get("versions", {})})]
+
+
 def per_type_f1(r: dict) -> dict:
     """{type: {f1, support}} from an ``evaluate_model`` / ``score_tags`` result."""
     return {t: {"f1": round(v["f1"], 6), "support": v["support"]}

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import footer, provenance  # noqa: E402
+from _meta import last_run_footer, provenance  # noqa: E402
 from direct_transfer import BUDGETS as TEACHER_BUDGETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,17 +63,25 @@ ROUNDS = 3  # RIKD 4.2: K = 3
 WARMUP_STEPS = 500  # RIKD 4.2's J_w (of 1,762 steps here)
 
 
+def committed_teacher(seed: int):
+    """``outputs/direct_transfer/cpu`` when it was trained with this budget and ``seed``."""
+    shared = REPO / "outputs" / "direct_transfer" / "cpu"
+    if (shared / "train_summary.json").exists():
+        cfg = json.loads((shared / "train_summary.json").read_text())["config"]
+        if cfg.get("seed") == seed and all(cfg.get(k) == v for k, v in TEACHER.items()):
+            return shared
+    return None
+
+
 def teacher_dir(seed: int, out: Path) -> Path:
     """The English teacher of ``seed``: the committed direct-transfer CPU teacher for its own
     seed when its config is this budget, else one trained here (once)."""
     from xner_ray.cluster import init_ray
     from xner_ray.train.teacher import TeacherConfig, train_teacher
 
-    shared = REPO / "outputs" / "direct_transfer" / "cpu"
-    if (shared / "train_summary.json").exists():
-        cfg = json.loads((shared / "train_summary.json").read_text())["config"]
-        if cfg.get("seed") == seed and all(cfg.get(k) == v for k, v in TEACHER.items()):
-            return shared
+    shared = committed_teacher(seed)
+    if shared is not None:
+        return shared
     dest = out / f"teacher-s{seed}"
     if not (dest / "train_summary.json").exists():
         data = REPO.parent / "shared" / "data"
@@ -198,7 +206,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _stat(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
     mean = statistics.mean(values)
@@ -232,7 +240,7 @@ def markdown(r: dict) -> str:
                 delta.append("-")
             else:
                 delta.append(f"{100 * (statistics.mean(f1[l]) - statistics.mean(direct[l])):+.1f}")
-        lines.append(f"| {NAMES[m]} | " + " | ".join(_stat(f1[l]) for l in langs) + " | "
+        lines.append(f"| {NAMES[m]} | " + " | ".join(mean_std(f1[l]) for l in langs) + " | "
                      + " | ".join(delta) + " |")
     lines += ["", "Per seed (target dev F1, the English dev F1 that chose the student, target dev "
               "F1 per entity type):", "",
@@ -253,10 +261,7 @@ def markdown(r: dict) -> str:
         lines += ["", "**Incomplete: fewer than 3 seeds (or none) for " + ", ".join(missing)
                   + ".** A difference under a point or two is not a finding on one seed."]
     lines += ["", "Runs (command, revision, date, seconds) per row: the .json `runs`.", ""]
-    runs = list(r.get("runs", {}).values())
-    if runs:
-        lines += ["The last row run:", "", *footer({**runs[-1], "versions": r.get("versions", {})})]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + last_run_footer(r)) + "\n"
 
 
 if __name__ == "__main__":

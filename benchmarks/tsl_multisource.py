@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import footer, provenance  # noqa: E402
-from fair_budget import TEACHER, count_sentences, student_budget, teacher_steps  # noqa: E402
+from _meta import last_run_footer, provenance  # noqa: E402
+from fair_budget import (TEACHER, mean_std, committed_teacher, count_sentences,  # noqa: E402
+                         student_budget, teacher_steps)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = {
@@ -47,11 +47,9 @@ def source_teacher(corpus: str, lang: str, data: Path, out: Path) -> Path:
     """The teacher of one source language (trained here once, seed 42)."""
     from xner_ray.train.teacher import TeacherConfig, train_teacher
 
-    shared = REPO / "outputs" / "direct_transfer" / "cpu"
-    if corpus == "conll" and lang == "en" and (shared / "train_summary.json").exists():
-        cfg = json.loads((shared / "train_summary.json").read_text())["config"]
-        if cfg.get("seed") == 42 and all(cfg.get(k) == v for k, v in TEACHER.items()):
-            return shared
+    shared = committed_teacher(42) if (corpus, lang) == ("conll", "en") else None
+    if shared is not None:
+        return shared
     dest = out / f"teacher-{lang}"
     if not (dest / "train_summary.json").exists():
         folder = data / CORPORA[corpus][lang]
@@ -159,12 +157,7 @@ def markdown(r: dict) -> str:
     for target, by_w in sorted(r["rows"].items()):
         direct = r["direct"].get(target, {})
         best = max(direct, key=direct.get) if direct else None
-        cells = []
-        for w in WEIGHTINGS:
-            f1 = [v["f1"] for v in by_w.get(w, {}).values()]
-            cells.append("-" if not f1 else f"{statistics.mean(f1):.4f}"
-                         + (f" +- {statistics.stdev(f1):.4f}" if len(f1) > 1 else "")
-                         + f" (n={len(f1)})")
+        cells = [mean_std([v["f1"] for v in by_w.get(w, {}).values()]) for w in WEIGHTINGS]
         sim = next(iter(by_w.get("similarity", {}).values()), {}).get("weights")
         lines.append(f"| {target} | " + (f"{best} {direct[best]:.4f}" if best else "-") + " | "
                      + " | ".join(cells) + " | "
@@ -172,10 +165,7 @@ def markdown(r: dict) -> str:
     lines += ["", "Direct transfer of every source teacher: "
               + "; ".join(f"{t}: " + ", ".join(f"{l} {f:.4f}" for l, f in d.items())
                           for t, d in sorted(r["direct"].items())), ""]
-    runs = list(r.get("runs", {}).values())
-    if runs:
-        lines += ["The last row run:", "", *footer({**runs[-1], "versions": r.get("versions", {})})]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + last_run_footer(r)) + "\n"
 
 
 if __name__ == "__main__":
