@@ -1,5 +1,5 @@
 """Methods at a fair budget, over seeds (issue 16 item 4): direct transfer against TSL,
-iterative KD (RIKD without RL) and RIKD students, en -> es and en -> nl on CoNLL.
+iterative KD (RIKD without RL), RIKD and AdvPicker students, en -> es and en -> nl on CoNLL.
 
 RIKD's Table 7 baselines (confidence and agreement selection per batch, iteration 1, at RIKD's
 own round-1 discard ratio) are rows too. Fair, unlike ``distillation.py --budget cpu`` (2,000
@@ -21,10 +21,12 @@ its last round); target dev labels score the rows and choose nothing.
     python benchmarks/fair_budget.py --methods direct tsl --langs es nl --seeds 42 43 44
     python benchmarks/fair_budget.py --methods ikd rikd --seeds 42      # 3 rounds each
     python benchmarks/fair_budget.py --methods conf agree --seeds 42    # after rikd: Table 7
+    python benchmarks/fair_budget.py --methods adv --seeds 42           # AdvPicker
     python benchmarks/fair_budget.py --render                           # rewrite the .md
 
 Cost on 2 CPUs: a teacher or a student ~25-30 min (1,762 steps), labeling es ~2-5 min and
-nl ~4-9 min; TSL ~0.5 h per language and seed, iterative KD and RIKD ~1.5 h (3 rounds). Runs
+nl ~4-9 min; TSL ~0.5 h per language and seed, iterative KD and RIKD ~1.5 h (3 rounds);
+AdvPicker ~2 h per seed for its two TLADV teachers (shared by es and nl) + ~0.5 h per language. Runs
 resume: a (method, language, seed) already in the results file is skipped, a RIKD run resumes at
 its last complete round. Writes ``benchmarks/results/fair_budget_cpu.{json,md}``.
 """
@@ -45,11 +47,12 @@ from direct_transfer import BUDGETS as TEACHER_BUDGETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ("es", "nl")
-METHODS = ("direct", "tsl", "ikd", "rikd", "conf", "agree")
+METHODS = ("direct", "tsl", "ikd", "rikd", "conf", "agree", "adv")
 NAMES = {"direct": "Direct transfer (English teacher)", "tsl": "TSL single-source",
          "ikd": "Iterative KD (RIKD w/o RL)", "rikd": "RIKD",
          "conf": "Confidence selection, round 1 (RIKD Table 7)",
-         "agree": "Agreement selection, round 1 (RIKD Table 7)"}
+         "agree": "Agreement selection, round 1 (RIKD Table 7)",
+         "adv": "AdvPicker (top 80% by l_score, KD)"}
 # RIKD Table 7: iteration 1 only, each batch discarding RIKD's average discard ratio of round 1
 # (Table 6) of the same language and seed -- so these rows need that RIKD row first.
 RULES = {"conf": "confidence", "agree": "agreement"}
@@ -61,6 +64,11 @@ STUDENT = dict(layers=6, batch_size=16, lr=3e-4, freeze_embeddings=True, freeze_
                max_length=128, dev_limit=1000)
 ROUNDS = 3  # RIKD 4.2: K = 3
 WARMUP_STEPS = 500  # RIKD 4.2's J_w (of 1,762 steps here)
+# AdvPicker: K TLADV teachers per seed, each shaped like the CPU teacher (its layers, epochs,
+# batch, lr, freezing) with benchmarks/advpicker.py's CPU adversarial rates; their adversarial
+# target text is the whole es + nl train splits, so one seed's teachers serve both languages.
+# The seeds keep exactly the top rho = 0.8 by the kept seed's l_score (AdvPicker 3.2).
+ADV = dict(teachers=2, rho=0.8)
 
 
 def committed_teacher(seed: int):
@@ -90,6 +98,29 @@ def teacher_dir(seed: int, out: Path) -> Path:
                                     dev=str(data / "conll2003-en/dev.txt"), out=str(dest),
                                     model="builtin:me5-small", seed=seed, **TEACHER))
     return dest
+
+
+def tladv_teachers(seed: int, out: Path, data: Path) -> list[str]:
+    """AdvPicker's K TLADV teachers of ``seed`` (seeds ``seed``, ``seed + 1000``, ...), trained
+    once into ``out/tladv-s<seed>`` and reused by every language and rerun."""
+    from advpicker import BUDGETS as ADV_BUDGETS  # benchmarks/advpicker.py
+    from advpicker import SHAPE_KEYS
+
+    from xner_ray.methods.advpicker.tladv import TladvConfig, has_discriminator, train_tladv
+
+    base = {"model": "builtin:me5-small", **{k: TEACHER[k] for k in SHAPE_KEYS if k in TEACHER},
+            **ADV_BUDGETS["cpu"]["adversarial"]}
+    folders = []
+    for k in range(ADV["teachers"]):
+        folder = out / f"tladv-s{seed}" / f"seed{seed + 1000 * k}"
+        if not ((folder / "train_summary.json").exists() and has_discriminator(folder)):
+            train_tladv(TladvConfig(
+                train=str(data / "conll2003-en/train.txt"), dev=str(data / "conll2003-en/dev.txt"),
+                out=str(folder), seed=seed + 1000 * k, **base,
+                unlabeled=[{"path": str(data / f"conll2002-{l}/train.txt"), "lang": l,
+                            "fmt": "conll"} for l in LANGS]))
+        folders.append(str(folder))
+    return folders
 
 
 def teacher_steps(teacher: Path) -> int:
@@ -123,12 +154,17 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
         return {"f1": round(float(r["f1"]), 6), "precision": round(float(r["precision"]), 6),
                 "recall": round(float(r["recall"]), 6),
                 "per_type": {t: round(v["f1"], 6) for t, v in sorted(r["per_type"].items())}}
+    from xner_ray.methods.advpicker import AdvPickerConfig, run_advpicker
     from xner_ray.methods.rikd import RikdConfig, run_rikd
     from xner_ray.methods.tsl import TslConfig, run_tsl
+    from xner_ray.selectors import n_kept
 
     unlabeled = data / f"conll2002-{lang}/train.txt"  # whole split; the reader drops its tags
     steps = teacher_steps(teacher)
-    student = student_budget(steps, count_sentences(unlabeled, lang), seed)
+    n_sentences = count_sentences(unlabeled, lang)
+    # AdvPicker's student sees the kept top rho only: its epochs are counted over those
+    student = student_budget(steps, n_kept(ADV["rho"], n_sentences) if method == "adv"
+                             else n_sentences, seed)
     target = {"lang": lang, "unlabeled": str(unlabeled), "fmt": "conll", "dev": str(dev)}
     common = dict(store=str(out / "store"), source_dev=str(data / "conll2003-en/dev.txt"),
                   targets=[target], student=student)
@@ -138,6 +174,14 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
                               teachers=[{"lang": "en", "model": str(teacher)}], **common))[lang]
         return {**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "student": student,
                 "seconds": s.get("seconds")}
+    if method == "adv":
+        s = run_advpicker(AdvPickerConfig(
+            run_id=run_id, out=str(out / run_id), teachers=tladv_teachers(seed, out, data),
+            rho=ADV["rho"], combine="chosen", **common))[lang]
+        ensemble = s.get("target_dev_ensemble") or {}
+        return {**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "student": student,
+                "kept_share": s["kept_share"], "teachers": s["teachers"],
+                "ensemble_f1": ensemble.get("f1")}
     rule = {}
     if method in RULES:
         rikd = rows.get("rikd", {}).get(lang, {}).get(str(seed))
@@ -226,7 +270,9 @@ def markdown(r: dict) -> str:
              "multi-round method's row is its last round. Target labels choose nothing.", "",
              f"Teacher budget (each seed its own teacher): {r['teacher_budget']}. Students: "
              f"{r['student']}, steps = the teacher's; RIKD: {r['rounds']} rounds, J_w = "
-             f"{r['warmup_steps']} warm-up steps.", "",
+             f"{r['warmup_steps']} warm-up steps. AdvPicker: {ADV['teachers']} TLADV teachers "
+             f"per seed shaped like the teacher, exactly the top {ADV['rho']} by l_score kept "
+             "(the per-seed table gives the kept share and the TLADV ensemble's own F1).", "",
              "| method | " + " | ".join(f"{l} F1" for l in langs) + " | "
              + " | ".join(f"{l} vs direct (points)" for l in langs) + " |",
              "|---|" + "---|" * (2 * len(langs))]
@@ -250,8 +296,11 @@ def markdown(r: dict) -> str:
             for seed, v in sorted(rows.get(m, {}).get(l, {}).items()):
                 types = ", ".join(f"{t} {f:.3f}" for t, f in sorted(v.get("per_type", {}).items()))
                 src = v.get("source_dev_f1")
+                notes = "".join(f"; {name} {v[k]:{fmt}}" for k, name, fmt in (
+                    ("kept_share", "kept", ".1%"), ("ensemble_f1", "TLADV ensemble F1", ".4f"))
+                    if v.get(k) is not None)
                 lines.append(f"| {NAMES[m]} | {l} | {seed} | {v['f1']:.4f} | "
-                             f"{f'{src:.4f}' if src is not None else '-'} | {types} |")
+                             f"{f'{src:.4f}' if src is not None else '-'} | {types}{notes} |")
                 for rd in v.get("rounds", [])[:-1]:
                     lines.append(f"| {NAMES[m]}, round {rd['round'] + 1} | {l} | {seed} | "
                                  f"{rd['f1']:.4f} | {rd['source_dev_f1']:.4f} | |")

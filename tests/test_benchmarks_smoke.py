@@ -72,6 +72,47 @@ def test_fair_budget_gives_students_the_teachers_steps_and_reports_seeds(tmp_pat
     assert "| TSL single-source | 0.6800 +- 0.0566 (n=2) | +3.0 |" in md
     assert "| Direct transfer (English teacher) | 0.6500 +- 0.0707 (n=2) | - |" in md
     assert "PER 0.800" in md and "**Incomplete: fewer than 3 seeds" in md
+    rows["adv"] = {"es": {"42": {"f1": 0.66, "source_dev_f1": 0.8, "kept_share": 0.8,
+                                 "ensemble_f1": 0.69}}}
+    md = fb.markdown({"teacher_budget": {}, "student": {}, "rounds": 3, "warmup_steps": 500,
+                      "rows": rows, "runs": {}})
+    assert "| AdvPicker (top 80% by l_score, KD) | es | 42 | 0.6600 | 0.8000 | " \
+           "; kept 80.0%; TLADV ensemble F1 0.6900 |" in md
+
+
+def test_fair_budget_trains_tladv_teachers_once_per_seed_for_both_languages(tmp_path,
+                                                                           monkeypatch):
+    """AdvPicker's TLADV teachers at the fair budget: shaped like the CPU teacher, the CPU
+    adversarial rates, es + nl train as adversarial text, K distinct seeds; trained ones are
+    reused."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import fair_budget as fb
+
+    from xner_ray.methods.advpicker import tladv
+
+    data = REPO.parent / "shared" / "data"
+    if not (data / "conll2002-nl/train.txt").exists():
+        pytest.skip("needs ../shared/data")
+    trained = []
+
+    def fake_train(cfg):
+        trained.append(cfg)
+        folder = Path(cfg.out)
+        folder.mkdir(parents=True)
+        (folder / "train_summary.json").write_text("{}")
+
+    monkeypatch.setattr(tladv, "train_tladv", fake_train)
+    monkeypatch.setattr(tladv, "has_discriminator", lambda f: (Path(f) / "train_summary.json")
+                        .exists())
+    folders = fb.tladv_teachers(43, tmp_path, data)
+    assert [Path(f).name for f in folders] == ["seed43", "seed1043"]
+    assert [c.seed for c in trained] == [43, 1043]
+    c = trained[0]
+    assert (c.layers, c.epochs, c.batch_size, c.lr, c.freeze_embeddings, c.max_length) == (
+        6, 2, 16, 1e-4, True, 128)
+    assert (c.lr_encoder, c.lr_discriminator, c.adv_batch_size) == (6e-7, 5e-3, 8)
+    assert sorted(u.lang for u in c.unlabeled) == ["es", "nl"]
+    assert fb.tladv_teachers(43, tmp_path, data) == folders and len(trained) == 2  # reused
 
 
 def test_tsl_multisource_table_compares_weightings_with_the_best_single_source():
