@@ -1,5 +1,7 @@
 """Methods at a fair budget, over seeds (issue 16 item 4): direct transfer against TSL,
-iterative KD (RIKD without RL), RIKD and AdvPicker students, en -> es and en -> nl on CoNLL.
+iterative KD (RIKD without RL), RIKD and AdvPicker students, and the combined job (projection
++ English teachers -> AdvPicker's selection -> RIKD rounds; es only: the one parallel corpus
+here is en-es), en -> es and en -> nl on CoNLL.
 
 RIKD's Table 7 baselines (confidence and agreement selection per batch, iteration 1, at RIKD's
 own round-1 discard ratio) are rows too. Fair, unlike ``distillation.py --budget cpu`` (2,000
@@ -22,11 +24,14 @@ its last round); target dev labels score the rows and choose nothing.
     python benchmarks/fair_budget.py --methods ikd rikd --seeds 42      # 3 rounds each
     python benchmarks/fair_budget.py --methods conf agree --seeds 42    # after rikd: Table 7
     python benchmarks/fair_budget.py --methods adv --seeds 42           # AdvPicker
+    python benchmarks/fair_budget.py --methods comb --langs es --seeds 42  # combined (after adv)
     python benchmarks/fair_budget.py --render                           # rewrite the .md
 
 Cost on 2 CPUs: a teacher or a student ~25-30 min (1,762 steps), labeling es ~2-5 min and
 nl ~4-9 min; TSL ~0.5 h per language and seed, iterative KD and RIKD ~1.5 h (3 rounds);
-AdvPicker ~2 h per seed for its two TLADV teachers (shared by es and nl) + ~0.5 h per language. Runs
+AdvPicker ~2 h per seed for its two TLADV teachers (shared by es and nl) + ~0.5 h per language;
+the combined job reuses those teachers and adds the projection (aligner, 4,000 projected verses,
+target model) and 3 RIKD rounds, ~2.5 h. Runs
 resume: a (method, language, seed) already in the results file is skipped, a RIKD run resumes at
 its last complete round. Writes ``benchmarks/results/fair_budget_cpu.{json,md}``.
 """
@@ -47,12 +52,14 @@ from direct_transfer import BUDGETS as TEACHER_BUDGETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ("es", "nl")
-METHODS = ("direct", "tsl", "ikd", "rikd", "conf", "agree", "adv")
+METHODS = ("direct", "tsl", "ikd", "rikd", "conf", "agree", "adv", "comb")
 NAMES = {"direct": "Direct transfer (English teacher)", "tsl": "TSL single-source",
          "ikd": "Iterative KD (RIKD w/o RL)", "rikd": "RIKD",
          "conf": "Confidence selection, round 1 (RIKD Table 7)",
          "agree": "Agreement selection, round 1 (RIKD Table 7)",
-         "adv": "AdvPicker (top 80% by l_score, KD)"}
+         "adv": "AdvPicker (top 80% by l_score, KD)",
+         "comb": "Combined: projection + English -> AdvPicker selection -> RIKD"}
+ONLY = {"comb": ("es",)}  # the one parallel corpus here is en-es (opus-bible-en-es)
 # RIKD Table 7: iteration 1 only, each batch discarding RIKD's average discard ratio of round 1
 # (Table 6) of the same language and seed -- so these rows need that RIKD row first.
 RULES = {"conf": "confidence", "agree": "agreement"}
@@ -69,6 +76,21 @@ WARMUP_STEPS = 500  # RIKD 4.2's J_w (of 1,762 steps here)
 # target text is the whole es + nl train splits, so one seed's teachers serve both languages.
 # The seeds keep exactly the top rho = 0.8 by the kept seed's l_score (AdvPicker 3.2).
 ADV = dict(teachers=2, rho=0.8)
+# The combined job's projection (Li et al. 2021) as benchmarks/projection.py's CPU budget: the
+# alignment model cut like the teacher, trained on 6,000 examples from 3,000 verses; the first
+# 4,000 verses projected; the target model fine-tuned from the seed's teacher with gamma 4 and
+# the bottom 3 layers frozen (Sec. 4.3), 1 epoch at 5e-5. Round 0 mixes it with the English
+# teacher uniformly (TSL Eq. 7); every round keeps the top 0.8 by l_score of the seed's TLADV
+# teachers (the adv row's); then RIKD's rounds, as the rikd row.
+PROJECT = dict(
+    aligner="model", gamma=4.0, freeze_layers=3,
+    train_aligner=dict(model="builtin:me5-small", layers=6, epochs=2, batch_size=16, lr=1e-4,
+                       freeze_embeddings=True, max_length=128,
+                       examples=dict(sources=["simalign", "identical", "gold_links"],
+                                     negative_ratio=0.25, max_per_pair=4, max_pairs=3000,
+                                     max_examples=6000)),
+    target=dict(epochs=1, batch_size=16, lr=5e-5, freeze_embeddings=True, max_length=128))
+PROJECT_PAIRS = 4000
 
 
 def committed_teacher(seed: int):
@@ -163,8 +185,8 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
     steps = teacher_steps(teacher)
     n_sentences = count_sentences(unlabeled, lang)
     # AdvPicker's student sees the kept top rho only: its epochs are counted over those
-    student = student_budget(steps, n_kept(ADV["rho"], n_sentences) if method == "adv"
-                             else n_sentences, seed)
+    student = student_budget(steps, n_kept(ADV["rho"], n_sentences)
+                             if method in ("adv", "comb") else n_sentences, seed)
     target = {"lang": lang, "unlabeled": str(unlabeled), "fmt": "conll", "dev": str(dev)}
     common = dict(store=str(out / "store"), source_dev=str(data / "conll2003-en/dev.txt"),
                   targets=[target], student=student)
@@ -182,6 +204,12 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
         return {**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "student": student,
                 "kept_share": s["kept_share"], "teachers": s["teachers"],
                 "ensemble_f1": ensemble.get("f1")}
+    if method == "comb":
+        from xner_ray.methods.combined import run_combined
+
+        res = run_combined(combined_config(run_id, lang, teacher, out, data,
+                                           tladv_teachers(seed, out, data), common))[lang]
+        return {**rounds_of(res)[-1], "rounds": rounds_of(res), "student": student}
     rule = {}
     if method in RULES:
         rikd = rows.get("rikd", {}).get(lang, {}).get(str(seed))
@@ -192,10 +220,29 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
     res = run_rikd(RikdConfig(run_id=run_id, out=str(out / run_id), teacher=str(teacher),
                               rounds=1 if rule else ROUNDS, reinforce=method != "ikd",
                               warmup_steps=WARMUP_STEPS, **rule, **common))[lang]
-    rounds = [{**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "round": s["round"],
-               **{k: s[k] for k in ("discard_ratio", "mean_reward", "kept_share", "seconds")
-                  if s.get(k) is not None}} for s in res]
-    return {**rounds[-1], "rounds": rounds, "student": student}
+    return {**rounds_of(res)[-1], "rounds": rounds_of(res), "student": student}
+
+
+def combined_config(run_id: str, lang: str, teacher: Path, out: Path, data: Path,
+                    scorers: list[str], common: dict):
+    """The combined job of one language and seed: the projection of the first
+    ``PROJECT_PAIRS`` Bible verses from ``teacher``, ``scorers``' selection, RIKD's rounds."""
+    from xner_ray.methods.combined import CombinedConfig
+
+    bible = data / "opus-bible-en-es"
+    corpus = {"lang": lang, "path": str(bible), "src_lang": "en", "fmt": "moses",
+              "links": str(bible / "links.jsonl"), "limit": PROJECT_PAIRS}
+    return CombinedConfig(run_id=run_id, out=str(out / run_id), teacher=str(teacher),
+                          project={**PROJECT, "corpora": [corpus]}, lang_scorers=scorers,
+                          rho=ADV["rho"], rounds=ROUNDS, reinforce=True,
+                          warmup_steps=WARMUP_STEPS, **common)
+
+
+def rounds_of(res: list) -> list[dict]:
+    """Per-round rows of a RIKD-shaped job's summary (RIKD, iterative KD, combined)."""
+    return [{**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "round": s["round"],
+             **{k: s[k] for k in ("discard_ratio", "mean_reward", "kept_share", "seconds")
+                if s.get(k) is not None}} for s in res]
 
 
 def main(argv=None) -> int:
@@ -231,6 +278,10 @@ def main(argv=None) -> int:
                                                         "steps": teacher_steps(teacher)}
         for lang in args.langs:
             for method in args.methods:
+                if lang not in ONLY.get(method, LANGS):
+                    print(f"[bench] {method}/{lang}: not run (only {', '.join(ONLY[method])})",
+                          flush=True)
+                    continue
                 cell = result["rows"].setdefault(method, {}).setdefault(lang, {})
                 if str(seed) in cell and not args.redo:
                     continue
@@ -304,12 +355,14 @@ def markdown(r: dict) -> str:
                 for rd in v.get("rounds", [])[:-1]:
                     lines.append(f"| {NAMES[m]}, round {rd['round'] + 1} | {l} | {seed} | "
                                  f"{rd['f1']:.4f} | {rd['source_dev_f1']:.4f} | |")
-    missing = [f"{m}/{l}" for m in METHODS for l in LANGS
+    missing = [f"{m}/{l}" for m in METHODS for l in ONLY.get(m, LANGS)
                if len(rows.get(m, {}).get(l, {})) < 3]
     if missing:
         lines += ["", "**Incomplete: fewer than 3 seeds (or none) for " + ", ".join(missing)
                   + ".** A difference under a point or two is not a finding on one seed."]
-    lines += ["", "Runs (command, revision, date, seconds) per row: the .json `runs`.", ""]
+    lines += ["", "The combined job runs on es only: its projection needs a parallel corpus, and "
+              "the one here is en-es (the Bible).",
+              "", "Runs (command, revision, date, seconds) per row: the .json `runs`.", ""]
     return "\n".join(lines + last_run_footer(r)) + "\n"
 
 

@@ -114,6 +114,20 @@ def test_fair_budget_trains_tladv_teachers_once_per_seed_for_both_languages(tmp_
     assert sorted(u.lang for u in c.unlabeled) == ["es", "nl"]
     assert fb.tladv_teachers(43, tmp_path, data) == folders and len(trained) == 2  # reused
 
+    # the combined row's job config: accepted by CombinedConfig's checks, with the projection
+    # of the Bible's first verses, the TLADV teachers' selection and RIKD's rounds
+    student = fb.student_budget(1762, 6658, seed=43)
+    cfg = fb.combined_config("comb-es-s43", "es", tmp_path / "teacher", tmp_path, data, folders,
+                             dict(store=str(tmp_path / "store"),
+                                  source_dev=str(data / "conll2003-en/dev.txt"),
+                                  targets=[{"lang": "es", "fmt": "conll",
+                                            "unlabeled": str(data / "conll2002-es/train.txt")}],
+                                  student=student))
+    assert (cfg.rho, cfg.rounds, cfg.warmup_steps, cfg.reinforce) == (0.8, 3, 500, True)
+    assert cfg.lang_scorers == [str(Path(f).resolve()) for f in folders]
+    assert cfg.project["corpora"][0]["limit"] == fb.PROJECT_PAIRS
+    assert (cfg.student["max_steps"], cfg.student["epochs"]) == (1762, 5)
+
 
 def test_tsl_multisource_table_compares_weightings_with_the_best_single_source():
     sys.path.insert(0, str(REPO / "benchmarks"))
