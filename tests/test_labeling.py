@@ -53,6 +53,33 @@ def test_teacher_stage_outputs_and_scores(tiny_teacher_dir):
     np.testing.assert_allclose(np.array(alone.column("probs")[0].as_py()), probs[2], atol=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_teacher_gives_the_eager_labels(tiny_teacher_dir, tmp_path):
+    """``compile: true`` reaches the teacher stage, which then runs through torch.compile
+    (dynamic shapes: windows and batches of several widths) with the eager stage's tags and
+    soft labels."""
+    from torch._dynamo.utils import counters
+
+    from xner_ray.labeling.pipeline import LabelConfig, build_plan
+
+    cfg = LabelConfig(teachers=[str(tiny_teacher_dir)], inputs=[{"path": "x", "lang": "en"}],
+                      store=str(tmp_path), compile=True, local=True)
+    plan = build_plan(cfg, [], sink=None, rejects=None)
+    assert [s.kwargs.get("compile") for s in plan.stages if s.cls is TeacherStage] == [True]
+
+    words = WORDS + [["Berlin"] * 40]  # windowed at max_length 16
+    eager = TeacherStage([str(tiny_teacher_dir)], batch_size=2, max_length=16)(
+        _subworded(tiny_teacher_dir, words))
+    before = counters["stats"]["unique_graphs"]
+    compiled = TeacherStage([str(tiny_teacher_dir)], batch_size=2, max_length=16, compile=True)(
+        _subworded(tiny_teacher_dir, words))
+    assert counters["stats"]["unique_graphs"] > before
+    assert compiled.column("tags").to_pylist() == eager.column("tags").to_pylist()
+    assert compiled.column("n_windows").to_pylist()[-1] > 1
+    for a, b in zip(compiled.column("probs").to_pylist(), eager.column("probs").to_pylist()):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+
+
 def test_ensemble_weights_and_agreement(tiny_teacher_dir, tiny_model_dir, tmp_path):
     import torch
 

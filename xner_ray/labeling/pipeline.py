@@ -70,6 +70,9 @@ class LabelConfig:
                                                      "from the cluster: 1 on <= 4 CPUs, 2 on "
                                                      "<= 16, else 4; cluster.inference_layout)"})
     use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile each teacher (dynamic shapes; each actor compiles once at its "
+                "first forward; on CPU it needs a C++ compiler)"})
     rows_per_file: int = field(default=65_536, metadata={"help": "rows a write task gathers "
                                                                   "into one Parquet file"})
     sentences_from: Optional[int] = field(default=None, metadata={
@@ -190,7 +193,7 @@ def build_plan(cfg: LabelConfig, inputs: list, sink, rejects,
     res = _teacher_resources(cfg) if not cfg.local else dict(
         concurrency=1, min_actors=1, num_cpus=1, num_gpus=0, threads=cfg.threads)
     teacher = dict(weights=cfg.weights, student=cfg.student, batch_size=cfg.batch_size,
-                   max_length=cfg.max_length,
+                   max_length=cfg.max_length, compile=cfg.compile,
                    threads=res["threads"], teacher_id=_teacher_id(cfg), combine=cfg.combine,
                    lang_scorers=cfg.lang_scorers)
     teacher_stage = engine.Stage(TeacherStage, (cfg.teachers,), teacher,
