@@ -63,3 +63,22 @@ def test_similarity_needs_unlabeled_source_text():
                   teachers=[{"lang": "en", "model": "a", "unlabeled": "u"},
                             {"lang": "nl", "model": "b"}],
                   targets=[{"lang": "de", "unlabeled": "x"}])
+
+
+def test_paper_setting_config_resolves_with_the_papers_values(capsys):
+    """``configs/tsl_benchmark.yaml`` resolves (``--dry-run``) and holds TSL 4.1's training
+    values: batch 32, 3 epochs, embeddings + bottom 3 layers frozen, AdamW 5e-5 (teachers) and
+    1e-4 (students), MSE soft-label loss, d = 64 and gamma = 0.01 for Eq. 10."""
+    from pathlib import Path
+
+    from xner_ray.cli import main
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "tsl_benchmark.yaml"
+    assert main(["tsl", "--config", str(path), "--dry-run"]) == 0
+    resolved, _ = json.JSONDecoder().raw_decode(capsys.readouterr().out)
+    teacher, student = resolved["teachers"][0]["train"], resolved["student"]
+    for cfg, lr in ((teacher, 5e-5), (student, 1e-4)):
+        assert (cfg["epochs"], cfg["batch_size"], cfg["lr"]) == (3, 32, lr)
+        assert cfg["freeze_embeddings"] is True and cfg["freeze_layers"] == 3
+    assert student["kd_loss"] == "mse" and resolved["similarity"] == {"d": 64, "gamma": 0.01}
+    assert [t["lang"] for t in resolved["targets"]] == ["es", "nl"]
