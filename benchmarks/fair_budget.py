@@ -309,10 +309,21 @@ def mean_std(values: list[float]) -> str:
     return f"{mean:.4f}" + (f" +- {std:.4f}" if std is not None else "") + f" (n={len(values)})"
 
 
+def paired_delta(cell: dict, base: dict) -> str:
+    """Mean +- std over the seeds both rows have of (row F1 - base F1), in points: a seed's
+    student against its own seed's teacher, not a mean over different seed sets."""
+    seeds = sorted(set(cell) & set(base))
+    if not seeds:
+        return "-"
+    d = [100 * (cell[s]["f1"] - base[s]["f1"]) for s in seeds]
+    std = f" +- {statistics.stdev(d):.1f}" if len(d) > 1 else ""
+    return f"{statistics.mean(d):+.1f}{std} (n={len(d)})"
+
+
 def markdown(r: dict) -> str:
     rows = r["rows"]
     langs = [l for l in LANGS if any(l in rows.get(m, {}) for m in METHODS)]
-    direct = {l: [v["f1"] for v in rows.get("direct", {}).get(l, {}).values()] for l in langs}
+    direct = {l: rows.get("direct", {}).get(l, {}) for l in langs}
     lines = ["# Methods at a fair budget, over seeds (cpu)", "",
              "Target dev F1 (seqeval, entity level, strict IOB2, full CoNLL-2002 dev files): "
              "mean +- sample std over the seeds run (n). Unlabeled target text: the whole "
@@ -325,18 +336,14 @@ def markdown(r: dict) -> str:
              f"per seed shaped like the teacher, exactly the top {ADV['rho']} by l_score kept "
              "(the per-seed table gives the kept share and the TLADV ensemble's own F1).", "",
              "| method | " + " | ".join(f"{l} F1" for l in langs) + " | "
-             + " | ".join(f"{l} vs direct (points)" for l in langs) + " |",
+             + " | ".join(f"{l} minus direct, same seeds (points)" for l in langs) + " |",
              "|---|" + "---|" * (2 * len(langs))]
     for m in METHODS:
         if m not in rows:
             continue
         f1 = {l: [v["f1"] for v in rows[m].get(l, {}).values()] for l in langs}
-        delta = []
-        for l in langs:
-            if m == "direct" or not f1[l] or not direct[l]:
-                delta.append("-")
-            else:
-                delta.append(f"{100 * (statistics.mean(f1[l]) - statistics.mean(direct[l])):+.1f}")
+        delta = ["-" if m == "direct" else paired_delta(rows[m].get(l, {}), direct[l])
+                 for l in langs]
         lines.append(f"| {NAMES[m]} | " + " | ".join(mean_std(f1[l]) for l in langs) + " | "
                      + " | ".join(delta) + " |")
     lines += ["", "Per seed (target dev F1, the English dev F1 that chose the student, target dev "

@@ -69,7 +69,7 @@ def test_fair_budget_gives_students_the_teachers_steps_and_reports_seeds(tmp_pat
                            "43": {"f1": 0.72, "source_dev_f1": 0.9}}}}
     md = fb.markdown({"teacher_budget": {}, "student": {}, "rounds": 3, "warmup_steps": 500,
                       "rows": rows, "runs": {}})
-    assert "| TSL single-source | 0.6800 +- 0.0566 (n=2) | +3.0 |" in md
+    assert "| TSL single-source | 0.6800 +- 0.0566 (n=2) | +3.0 +- 1.4 (n=2) |" in md
     assert "| Direct transfer (English teacher) | 0.6500 +- 0.0707 (n=2) | - |" in md
     assert "PER 0.800" in md and "**Incomplete: fewer than 3 seeds" in md
     rows["adv"] = {"es": {"42": {"f1": 0.66, "source_dev_f1": 0.8, "kept_share": 0.8,
