@@ -207,9 +207,9 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
     if method == "comb":
         from xner_ray.methods.combined import run_combined
 
-        res = run_combined(combined_config(run_id, lang, teacher, out, data,
-                                           tladv_teachers(seed, out, data), common))[lang]
-        return {**rounds_of(res)[-1], "rounds": rounds_of(res), "student": student}
+        rounds = rounds_of(run_combined(combined_config(
+            run_id, lang, teacher, out, data, tladv_teachers(seed, out, data), common))[lang])
+        return {**rounds[-1], "rounds": rounds, "student": student}
     rule = {}
     if method in RULES:
         rikd = rows.get("rikd", {}).get(lang, {}).get(str(seed))
@@ -220,7 +220,8 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
     res = run_rikd(RikdConfig(run_id=run_id, out=str(out / run_id), teacher=str(teacher),
                               rounds=1 if rule else ROUNDS, reinforce=method != "ikd",
                               warmup_steps=WARMUP_STEPS, **rule, **common))[lang]
-    return {**rounds_of(res)[-1], "rounds": rounds_of(res), "student": student}
+    rounds = rounds_of(res)
+    return {**rounds[-1], "rounds": rounds, "student": student}
 
 
 def combined_config(run_id: str, lang: str, teacher: Path, out: Path, data: Path,

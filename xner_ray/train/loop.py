@@ -63,8 +63,8 @@ class TrainConfig:
                 "does not cost target F1, see docs/DECISIONS.md)"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the training forward and backward (dynamic shapes: one compile "
-                "at the first step, ~40 s for a tiny model on 2 CPUs; on CPU it needs a C++ "
-                "compiler); checkpoints and dev scores use the uncompiled module"})
+                "at the first step; on CPU it needs a C++ compiler); checkpoints and dev scores "
+                "use the uncompiled module"})
     seed: int = field(default=42, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
