@@ -45,6 +45,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import last_run_footer, provenance  # noqa: E402
@@ -188,8 +189,10 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
     student = student_budget(steps, n_kept(ADV["rho"], n_sentences)
                              if method in ("adv", "comb") else n_sentences, seed)
     target = {"lang": lang, "unlabeled": str(unlabeled), "fmt": "conll", "dev": str(dev)}
+    # gold_eval: the train split's tags go to sentences.gold_tags to score the pseudo-labels
+    # and the policy in SQL (label_quality); they train, select and choose nothing
     common = dict(store=str(out / "store"), source_dev=str(data / "conll2003-en/dev.txt"),
-                  targets=[target], student=student)
+                  targets=[target], student=student, gold_eval=True)
     run_id = f"{method}-{lang}-s{seed}"
     if method == "tsl":
         s = run_tsl(TslConfig(run_id=run_id, out=str(out / run_id),
@@ -203,12 +206,14 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
         ensemble = s.get("target_dev_ensemble") or {}
         return {**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "student": student,
                 "kept_share": s["kept_share"], "teachers": s["teachers"],
-                "ensemble_f1": ensemble.get("f1")}
+                "ensemble_f1": ensemble.get("f1"),
+                **label_quality(out / "store", run_id, lang).get(0, {})}
     if method == "comb":
         from xner_ray.methods.combined import run_combined
 
         rounds = rounds_of(run_combined(combined_config(
-            run_id, lang, teacher, out, data, tladv_teachers(seed, out, data), common))[lang])
+            run_id, lang, teacher, out, data, tladv_teachers(seed, out, data), common))[lang],
+            label_quality(out / "store", run_id, lang))
         return {**rounds[-1], "rounds": rounds, "student": student}
     rule = {}
     if method in RULES:
@@ -220,7 +225,7 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
     res = run_rikd(RikdConfig(run_id=run_id, out=str(out / run_id), teacher=str(teacher),
                               rounds=1 if rule else ROUNDS, reinforce=method != "ikd",
                               warmup_steps=WARMUP_STEPS, **rule, **common))[lang]
-    rounds = rounds_of(res)
+    rounds = rounds_of(res, label_quality(out / "store", run_id, lang))
     return {**rounds[-1], "rounds": rounds, "student": student}
 
 
@@ -239,11 +244,38 @@ def combined_config(run_id: str, lang: str, teacher: Path, out: Path, data: Path
                           warmup_steps=WARMUP_STEPS, **common)
 
 
-def rounds_of(res: list) -> list[dict]:
-    """Per-round rows of a RIKD-shaped job's summary (RIKD, iterative KD, combined)."""
+def rounds_of(res: list, quality: Optional[dict] = None) -> list[dict]:
+    """Per-round rows of a RIKD-shaped job's summary (RIKD, iterative KD, combined), with
+    each round's ``label_quality`` where given."""
     return [{**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "round": s["round"],
              **{k: s[k] for k in ("discard_ratio", "mean_reward", "kept_share", "seconds")
-                if s.get(k) is not None}} for s in res]
+                if s.get(k) is not None}, **(quality or {}).get(s["round"], {})} for s in res]
+
+
+def label_quality(store: Path, run_id: str, lang: str) -> dict:
+    """{round: scores} of one run's pseudo-labels against the gold tags the run kept for
+    evaluation (``gold_eval``), from the store's SQL questions:
+
+    - ``pl_f1_all`` / ``pl_f1_selected`` / ``pl_f1_other``: entity F1 of all pseudo-labels, of
+      the ones the student learned from and of the rest (``sql/pseudo_label_prf.sql``;
+      AdvPicker Table 4's comparison);
+    - ``policy_auc``: RIKD's keep probability against sentence-level correctness
+      (``sql/policy_auc.sql``; 0.5 = chance), where the policy decided.
+    """
+    from xner_ray.sqlshell import connect, run_sql
+
+    con, out = connect(store), {}
+
+    def rows(question: str):
+        return [r for r in run_sql(con, question, output="arrow").to_pylist()
+                if (r["run_id"], r["lang"]) == (run_id, lang)]
+
+    for r in rows("pseudo_label_prf"):
+        out.setdefault(r["round"], {})[f"pl_f1_{r['bucket']}"] = round(float(r["f1"]), 6)
+    for r in rows("policy_auc"):
+        if r["auc"] is not None:
+            out.setdefault(r["round"], {})["policy_auc"] = round(float(r["auc"]), 4)
+    return out
 
 
 def main(argv=None) -> int:
@@ -321,6 +353,17 @@ def paired_delta(cell: dict, base: dict) -> str:
     return f"{statistics.mean(d):+.1f}{std} (n={len(d)})"
 
 
+NOTES = (("kept_share", "kept", ".1%"), ("ensemble_f1", "TLADV ensemble F1", ".4f"),
+         ("discard_ratio", "discard ratio", ".3f"), ("pl_f1_all", "pseudo-label F1", ".4f"),
+         ("pl_f1_selected", "on kept", ".4f"), ("pl_f1_other", "on rest", ".4f"),
+         ("policy_auc", "policy AUC", ".3f"))
+
+
+def notes(v: dict) -> str:
+    """"; name value" for each of a row's (or round's) ``NOTES`` keys it has."""
+    return "".join(f"; {name} {v[k]:{fmt}}" for k, name, fmt in NOTES if v.get(k) is not None)
+
+
 def markdown(r: dict) -> str:
     rows = r["rows"]
     langs = [l for l in LANGS if any(l in rows.get(m, {}) for m in METHODS)]
@@ -348,21 +391,21 @@ def markdown(r: dict) -> str:
         lines.append(f"| {NAMES[m]} | " + " | ".join(mean_std(f1[l]) for l in langs) + " | "
                      + " | ".join(delta) + " |")
     lines += ["", "Per seed (target dev F1, the English dev F1 that chose the student, target dev "
-              "F1 per entity type):", "",
+              "F1 per entity type; where the run kept the train split's tags for evaluation: "
+              "the entity F1 of the round's pseudo-labels against them -- all, the ones the "
+              "student learned from (kept), the rest -- and the AUC of RIKD's keep probability "
+              "against sentence-level correctness, 0.5 = chance):", "",
               "| method | lang | seed | F1 | en dev F1 | per type (F1) |", "|---|---|---|---|---|---|"]
     for m in METHODS:
         for l in langs:
             for seed, v in sorted(rows.get(m, {}).get(l, {}).items()):
                 types = ", ".join(f"{t} {f:.3f}" for t, f in sorted(v.get("per_type", {}).items()))
                 src = v.get("source_dev_f1")
-                notes = "".join(f"; {name} {v[k]:{fmt}}" for k, name, fmt in (
-                    ("kept_share", "kept", ".1%"), ("ensemble_f1", "TLADV ensemble F1", ".4f"))
-                    if v.get(k) is not None)
                 lines.append(f"| {NAMES[m]} | {l} | {seed} | {v['f1']:.4f} | "
-                             f"{f'{src:.4f}' if src is not None else '-'} | {types}{notes} |")
+                             f"{f'{src:.4f}' if src is not None else '-'} | {types}{notes(v)} |")
                 for rd in v.get("rounds", [])[:-1]:
                     lines.append(f"| {NAMES[m]}, round {rd['round'] + 1} | {l} | {seed} | "
-                                 f"{rd['f1']:.4f} | {rd['source_dev_f1']:.4f} | |")
+                                 f"{rd['f1']:.4f} | {rd['source_dev_f1']:.4f} | {notes(rd)[2:]} |")
     missing = [f"{m}/{l}" for m in METHODS for l in ONLY.get(m, LANGS)
                if len(rows.get(m, {}).get(l, {})) < 3]
     if missing:

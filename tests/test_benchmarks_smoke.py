@@ -129,6 +129,41 @@ def test_fair_budget_trains_tladv_teachers_once_per_seed_for_both_languages(tmp_
     assert (cfg.student["max_steps"], cfg.student["epochs"]) == (1762, 5)
 
 
+def test_fair_budget_scores_pseudo_labels_and_the_policy_against_kept_gold(tmp_path):
+    """``fair_budget.label_quality``: per round of one run (others in the store ignored), the
+    pseudo-labels' entity F1 against the gold the run kept for evaluation, and the policy's
+    AUC -- read from the store's SQL questions -- and the per-seed table shows them."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import fair_budget as fb
+
+    from tests.test_sql import LABELS, POLICY, _sentences, pseudo_batch
+    from xner_ray.store import Store
+
+    store = Store(tmp_path / "store")
+    for run_id, lang in (("rikd-es-s42", "es"), ("other", "es"), ("rikd-es-s42", "nl")):
+        store.record_run(run_id, "rikd", {})
+        with store.round_writer(run_id, lang, 0, labels=LABELS) as w:
+            w.write_sentences(_sentences({k: v[:2] for k, v in POLICY.items()}))
+            # all conf 0.8: every row selected; "other" gets wrong tags everywhere
+            batch = pseudo_batch({k: (v[1] if run_id == "other" and v[1] else v[2], 0.8)
+                                  for k, v in POLICY.items()}, "t@0")
+            batch["policy_p"] = np.array([POLICY[k][3] for k in batch["sent_id"]], dtype=object)
+            w.write_pseudo_labels(batch)
+    got = fb.label_quality(store.root, "rikd-es-s42", "es")
+    # gold spans: c1 PER, c2 LOC, w1 ORG, w2 PER, w3 LOC, n0 PER (6); predicted: c1 PER and
+    # c2 LOC (right), w1 LOC, w2 PER (wrong span) (4): F1 = 2 * 2 / (6 + 4); g0 has no gold
+    assert got == {0: {"pl_f1_all": 0.4, "pl_f1_selected": 0.4, "policy_auc": 0.8889}}
+    rows = {"rikd": {"es": {"42": {"f1": 0.7, "source_dev_f1": 0.9, "rounds": [
+        {"round": 0, "f1": 0.6, "source_dev_f1": 0.8, "discard_ratio": 0.25, **got[0]},
+        {"round": 1, "f1": 0.7, "source_dev_f1": 0.9}]}}}}
+    md = fb.markdown({"teacher_budget": {}, "student": {}, "rounds": 2, "warmup_steps": 500,
+                      "rows": rows, "runs": {}})
+    assert ("| RIKD, round 1 | es | 42 | 0.6000 | 0.8000 | discard ratio 0.250; pseudo-label "
+            "F1 0.4000; on kept 0.4000; policy AUC 0.889 |") in md
+
+
 def test_tsl_multisource_table_compares_weightings_with_the_best_single_source():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import tsl_multisource as tm

@@ -41,11 +41,11 @@ def _rikd_main(argv):
 @pytest.mark.slow
 def test_rikd_rounds_fill_policy_columns_and_resume(ray_cluster, tiny_teacher_dir, tiny_model_dir,
                                                     tmp_path, monkeypatch, caplog):
-    from xner_ray.sqlshell import connect
+    from xner_ray.sqlshell import connect, run_sql
     from xner_ray.store import Store
     from xner_ray.train import loop
 
-    config = _config(tmp_path, tiny_teacher_dir, tiny_model_dir)
+    config = _config(tmp_path, tiny_teacher_dir, tiny_model_dir, gold_eval=True)
     real_fit, calls = loop.fit, []
 
     def fit_dying_in_round_1(cfg, **kw):
@@ -82,6 +82,13 @@ def test_rikd_rounds_fill_policy_columns_and_resume(ray_cluster, tiny_teacher_di
     # the sentences are stored once: round 1 labeled round 0's (issue 14)
     assert con.execute("SELECT round, count(*) FROM sentences GROUP BY 1").fetchall() == [(0, 300)]
     assert store.manifest("r1", "de", 1)["meta"]["sentences_round"] == 0
+    # gold_eval kept the file's tags (evaluation only): policy_auc.sql scores both rounds'
+    # decisions against them -- every decided sentence counted as correct or wrong
+    assert con.execute("SELECT count(gold_tags) FROM sentences").fetchone()[0] == 300
+    auc = run_sql(con, "policy_auc", output="arrow").to_pylist()
+    assert [(r["run_id"], r["lang"], r["round"], r["sentences"], r["correct"] + r["wrong"])
+            for r in auc] == [("r1", "de", 0, 300, 300), ("r1", "de", 1, 300, 300)]
+    assert all(r["auc"] is None or 0.0 <= r["auc"] <= 1.0 for r in auc)
     # round 1 was labeled by round 0's student, not the source teacher
     teachers = dict(con.execute("SELECT round, min(teacher) FROM pseudo_labels GROUP BY 1").fetchall())
     assert str(tiny_teacher_dir) in teachers[0] and "de/round0" in teachers[1]

@@ -41,6 +41,12 @@ class TargetSpec:
         return config_mod.build(cls, value, what="target")
 
 
+def target_input(target: TargetSpec, gold: bool = False) -> dict:
+    """The labeling input of ``target``'s unlabeled text; ``gold``: its tags are kept as
+    ``sentences.gold_tags`` (a CoNLL file; evaluation only)."""
+    return {"path": target.unlabeled, "lang": target.lang, "fmt": target.fmt, "gold": gold}
+
+
 def parse_targets(values: list) -> list[TargetSpec]:
     targets = [TargetSpec.parse(v) for v in values or []]
     if not targets:
@@ -87,6 +93,10 @@ class JobConfig:
     calibrated_rho: Optional[float] = field(default=None, metadata={
         "help": "with a calibrator: the student learns only the top rho of each round by "
                 "calibration score (calibrations.calib_score); needs the keep_all selector"})
+    gold_eval: bool = field(default=False, metadata={
+        "help": "keep the target files' tags as sentences.gold_tags to measure pseudo-label "
+                "quality in SQL (sql/pseudo_label_prf.sql, sql/policy_auc.sql); evaluation "
+                "only, never used for training, selection or model choice"})
 
     def __post_init__(self) -> None:
         self.targets = [dataclasses.replace(t, unlabeled=absolute(t.unlabeled),

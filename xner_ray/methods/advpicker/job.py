@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from xner_ray.methods.common import (JobConfig, TargetSpec, run_recorded, student_config,
-                                     target_scores, write_json)
+                                     target_input, target_scores, write_json)
 
 COMBINE = ("chosen", "union")
 JOB_SET_KEYS = ("seed", "unlabeled")  # the job fills these in `train_tladv`
@@ -52,9 +52,6 @@ class AdvPickerConfig(JobConfig):
                 "by the l_score of the seed whose soft labels are kept | union: a sentence is "
                 "kept when any seed's discriminator ranks it in its own top rho (keeps more "
                 "than rho)"})
-    gold_eval: bool = field(default=False, metadata={
-        "help": "keep the target files' tags as sentences.gold_tags to measure pseudo-label "
-                "quality (sql/pseudo_label_prf.sql); never used for training or selection"})
     report_ensemble: bool = field(default=True, metadata={
         "help": "also score the teacher ensemble without KD on target dev (report only)"})
 
@@ -149,8 +146,7 @@ def label_config(cfg: AdvPickerConfig, teachers: list[str], targets: Sequence[Ta
         teachers=teachers, lang_scorers=teachers, combine="best_confidence",
         selector={"name": "lang_score", "rho": cfg.rho, "combine": cfg.combine},
         store=cfg.store, run_id=cfg.run_id, round=0,
-        inputs=[{"path": t.unlabeled, "lang": t.lang, "fmt": t.fmt, "gold": cfg.gold_eval}
-                for t in targets], **cfg.label)
+        inputs=[target_input(t, cfg.gold_eval) for t in targets], **cfg.label)
 
 
 def label_targets(cfg: AdvPickerConfig, store, teachers: list[str]) -> None:

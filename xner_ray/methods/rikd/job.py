@@ -23,7 +23,8 @@ from typing import ClassVar, Optional
 
 from xner_ray.io import uri
 from xner_ray.methods.common import (JobConfig, TargetSpec, absolute, ensure_teacher, read_json,
-                                     run_recorded, student_config, target_scores, write_json)
+                                     run_recorded, student_config, target_input, target_scores,
+                                     write_json)
 
 SELECTOR_ID = "rikd_policy.v1"
 logger = logging.getLogger(__name__)
@@ -174,8 +175,8 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str], 
     student = _student_dir(cfg, target.lang, k)
     label_cfg = LabelConfig(teachers=list(teachers), weights=plan.weights, store=cfg.store,
                             run_id=cfg.run_id, round=k,
-                            inputs=[{"path": target.unlabeled, "lang": target.lang,
-                                     "fmt": target.fmt}], selector=plan.selector,
+                            inputs=[target_input(target, cfg.gold_eval)],
+                            selector=plan.selector,
                             lang_scorers=plan.lang_scorers,
                             # every round labels the same text: the sentences round 0 stored
                             sentences_from=0 if k else None, **cfg.label)

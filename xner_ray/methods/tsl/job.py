@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xner_ray.methods.common import (JobConfig, TargetSpec, ensure_teacher, run_recorded,
-                                     student_config, target_scores, write_json)
+                                     student_config, target_input, target_scores, write_json)
 
 WEIGHTINGS = ("uniform", "similarity")
 
@@ -104,7 +104,7 @@ def _run_target(cfg: TslConfig, store, teachers: dict, target: TargetSpec) -> di
     label_calibrated(
         LabelConfig(teachers=[teachers[l] for l in langs], weights=[weights[l] for l in langs],
                     store=cfg.store, run_id=cfg.run_id, round=0,
-                    inputs=[{"path": target.unlabeled, "lang": target.lang, "fmt": target.fmt}],
+                    inputs=[target_input(target, cfg.gold_eval)],
                     **cfg.label), store, cfg.calibrator, cfg.calibration, cfg.calibrated_rho)
     base = dataclasses.asdict(student_config(student, cfg.student))
     distill(DistillConfig(**base, store=cfg.store, run_id=cfg.run_id, lang=target.lang, round=0,
