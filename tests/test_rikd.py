@@ -84,7 +84,7 @@ def test_rikd_rounds_fill_policy_columns_and_resume(ray_cluster, tiny_teacher_di
     assert store.manifest("r1", "de", 1)["meta"]["sentences_round"] == 0
     # gold_eval kept the file's tags (evaluation only): policy_auc.sql scores both rounds'
     # decisions against them -- every decided sentence counted as correct or wrong
-    assert con.execute("SELECT count(gold_tags) FROM sentences").fetchone()[0] == 300
+    assert con.execute("SELECT count(gold_tags) FROM sentences").fetchall() == [(300,)]
     auc = run_sql(con, "policy_auc", output="arrow").to_pylist()
     assert [(r["run_id"], r["lang"], r["round"], r["sentences"], r["correct"] + r["wrong"])
             for r in auc] == [("r1", "de", 0, 300, 300), ("r1", "de", 1, 300, 300)]
