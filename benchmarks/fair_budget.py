@@ -94,9 +94,12 @@ PROJECT = dict(
 PROJECT_PAIRS = 4000
 
 
-def committed_teacher(seed: int):
-    """``outputs/direct_transfer/cpu`` when it was trained with this budget and ``seed``."""
-    shared = REPO / "outputs" / "direct_transfer" / "cpu"
+DIRECT = REPO / "outputs" / "direct_transfer" / "cpu"  # direct_transfer.py --budget cpu
+
+
+def committed_teacher(seed: int, shared: Path = DIRECT):
+    """``shared`` (``direct_transfer.py``'s CPU teacher) when it was trained with this budget
+    and ``seed``."""
     if (shared / "train_summary.json").exists():
         cfg = json.loads((shared / "train_summary.json").read_text())["config"]
         if cfg.get("seed") == seed and all(cfg.get(k) == v for k, v in TEACHER.items()):
@@ -104,18 +107,17 @@ def committed_teacher(seed: int):
     return None
 
 
-def teacher_dir(seed: int, out: Path) -> Path:
-    """The English teacher of ``seed``: the committed direct-transfer CPU teacher for its own
-    seed when its config is this budget, else one trained here (once)."""
+def teacher_dir(seed: int, out: Path, data: Path, direct: Path = DIRECT) -> Path:
+    """The English teacher of ``seed``: the direct-transfer CPU teacher ``direct`` for its own
+    seed when its config is this budget, else one trained here (once) on ``data``."""
     from xner_ray.cluster import init_ray
     from xner_ray.train.teacher import TeacherConfig, train_teacher
 
-    shared = committed_teacher(seed)
+    shared = committed_teacher(seed, direct)
     if shared is not None:
         return shared
     dest = out / f"teacher-s{seed}"
     if not (dest / "train_summary.json").exists():
-        data = REPO.parent / "shared" / "data"
         init_ray()
         train_teacher(TeacherConfig(train=str(data / "conll2003-en/train.txt"),
                                     dev=str(data / "conll2003-en/dev.txt"), out=str(dest),
@@ -285,6 +287,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--out", default=str(REPO / "outputs" / "fair_budget" / "cpu"))
+    p.add_argument("--direct-transfer", default=str(DIRECT), metavar="DIR",
+                   help="direct_transfer.py's CPU teacher: seed 42's teacher when its budget "
+                        "matches (else one is trained under --out)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--redo", action="store_true", help="run rows already in the results again")
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
@@ -306,7 +311,7 @@ def main(argv=None) -> int:
 
     init_ray()
     for seed in args.seeds:
-        teacher = teacher_dir(seed, out)
+        teacher = teacher_dir(seed, out, data, Path(args.direct_transfer))
         result.setdefault("teachers", {})[str(seed)] = {"dir": str(teacher),
                                                         "steps": teacher_steps(teacher)}
         for lang in args.langs:
