@@ -358,7 +358,9 @@ def paired_delta(cell: dict, base: dict) -> str:
     return f"{statistics.mean(d):+.1f}{std} (n={len(d)})"
 
 
-NOTES = (("kept_share", "kept", ".1%"), ("ensemble_f1", "TLADV ensemble F1", ".4f"),
+# kept_share: what the labeling selector kept (AdvPicker's top rho; 100% for keep_all, before
+# RIKD's policy, whose own share shows as its discard ratio)
+NOTES = (("kept_share", "selector kept", ".1%"), ("ensemble_f1", "TLADV ensemble F1", ".4f"),
          ("discard_ratio", "discard ratio", ".3f"), ("pl_f1_all", "pseudo-label F1", ".4f"),
          ("pl_f1_selected", "on kept", ".4f"), ("pl_f1_other", "on rest", ".4f"),
          ("policy_auc", "policy AUC", ".3f"))

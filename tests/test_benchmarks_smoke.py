@@ -77,7 +77,7 @@ def test_fair_budget_gives_students_the_teachers_steps_and_reports_seeds(tmp_pat
     md = fb.markdown({"teacher_budget": {}, "student": {}, "rounds": 3, "warmup_steps": 500,
                       "rows": rows, "runs": {}})
     assert "| AdvPicker (top 80% by l_score, KD) | es | 42 | 0.6600 | 0.8000 | " \
-           "; kept 80.0%; TLADV ensemble F1 0.6900 |" in md
+           "; selector kept 80.0%; TLADV ensemble F1 0.6900 |" in md
 
 
 def test_fair_budget_trains_tladv_teachers_once_per_seed_for_both_languages(tmp_path,
