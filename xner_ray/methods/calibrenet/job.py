@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from xner_ray.methods.common import (TargetSpec, check_label_knobs, ensure_teacher,
-                                     parse_targets, run_recorded, write_json)
+                                     parse_targets, run_recorded, target_input, write_json)
 
 logger = logging.getLogger(__name__)
 OP_DISTS = ("estimate", "table1")
@@ -297,8 +297,7 @@ def label_and_calibrate(cfg: CalibrenetConfig, store, teacher: str, calibrator: 
     from xner_ray.methods.calibrenet.pipeline import calibrate_rounds
 
     label_cfg = LabelConfig(teachers=[teacher], store=cfg.store, run_id=cfg.run_id, round=0,
-                            inputs=[{"path": t.unlabeled, "lang": t.lang, "fmt": t.fmt,
-                                     "gold": cfg.gold_eval} for t in cfg.targets],
+                            inputs=[target_input(t, cfg.gold_eval) for t in cfg.targets],
                             **cfg.label)
     with label_rounds(label_cfg, store) as rounds:
         calibrate_rounds(cfg.calibration_run(calibrator), store, rounds)
