@@ -268,9 +268,9 @@ def label_quality(store: Path, run_id: str, lang: str) -> dict:
 
     con, out = connect(store), {}
 
-    def rows(question: str):
-        return [r for r in run_sql(con, question, output="arrow").to_pylist()
-                if (r["run_id"], r["lang"]) == (run_id, lang)]
+    def rows(question: str):  # the questions' run_id / lang parameters: only this run's rows
+        return run_sql(con, question, {"run_id": run_id, "lang": lang},
+                       output="arrow").to_pylist()
 
     for r in rows("pseudo_label_prf"):
         out.setdefault(r["round"], {})[f"pl_f1_{r['bucket']}"] = round(float(r["f1"]), 6)

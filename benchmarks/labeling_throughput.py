@@ -372,7 +372,8 @@ def _md_header(r: dict) -> list[str]:
         f"# Labeling throughput ({r['device']})", "",
         "Ray Data pipeline (`label()`, a store in a temp dir) vs a plain single-process loop over "
         f"the same model, blocks and work (same stages, selector `{b['selector']}`, same "
-        "sink: the engine's in-process runner). Sentences: CoNLL-2002 es train read as unlabeled text, cycled when a "
+        "sink: the engine's in-process runner). Sentences: CoNLL-2002 es train read as "
+        "unlabeled text, cycled when a "
         "size exceeds the file. Times include model loading on both sides; the Ray time also "
         "includes actor start-up.", "",
         f"Budget: model `{b['model']}`{depth}, batch {b['batch_size']}, block_rows "

@@ -227,7 +227,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "postprocess_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     md = ["# Labeling post-processing CPU time per sentence (old vs new, one run)", "",
-          f"{n_sent} sentences / {n_words} words ({', '.join(Path(d).parent.name + '/' + Path(d).name for d in args.data)}), "
+          f"{n_sent} sentences / {n_words} words "
+          f"({', '.join(Path(d).parent.name + '/' + Path(d).name for d in args.data)}), "
           f"blocks of {args.block_rows}, {args.reps} reps A/B interleaved, "
           f"{args.threads} torch thread(s), CPU time (`process_time`). Both paths start from "
           "their forward batches' logits and end with the stage's Arrow columns; the encoder "

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import last_run_footer, provenance  # noqa: E402
-from fair_budget import (TEACHER, mean_std, committed_teacher, count_sentences,  # noqa: E402
+from fair_budget import (DIRECT, TEACHER, mean_std, committed_teacher, count_sentences,  # noqa: E402
                          student_budget, teacher_steps)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,11 +43,13 @@ CORPORA = {
 WEIGHTINGS = ("uniform", "similarity")
 
 
-def source_teacher(corpus: str, lang: str, data: Path, out: Path) -> Path:
-    """The teacher of one source language (trained here once, seed 42)."""
+def source_teacher(corpus: str, lang: str, data: Path, out: Path,
+                   direct: Path = DIRECT) -> Path:
+    """The teacher of one source language (trained here once, seed 42); CoNLL English reuses
+    ``direct`` (``direct_transfer.py``'s CPU teacher) when its budget and seed match."""
     from xner_ray.train.teacher import TeacherConfig, train_teacher
 
-    shared = committed_teacher(42) if (corpus, lang) == ("conll", "en") else None
+    shared = committed_teacher(42, direct) if (corpus, lang) == ("conll", "en") else None
     if shared is not None:
         return shared
     dest = out / f"teacher-{lang}"
@@ -87,6 +89,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--out", default=str(REPO / "outputs" / "tsl_multisource"))
+    p.add_argument("--direct-transfer", default=str(DIRECT), metavar="DIR",
+                   help="direct_transfer.py's CPU teacher, reused as the CoNLL English source "
+                        "when its budget and seed (42) match (else one is trained under --out)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = p.parse_args(argv)
@@ -118,7 +123,8 @@ def main(argv=None) -> int:
         dest.with_suffix(".md").write_text(markdown(result))
 
     for target in targets:
-        teachers = {l: source_teacher(args.corpus, l, data, out) for l in langs if l != target}
+        teachers = {l: source_teacher(args.corpus, l, data, out, Path(args.direct_transfer))
+                    for l in langs if l != target}
         dev = data / CORPORA[args.corpus][target] / "dev.txt"
         direct = result["direct"].setdefault(target, {})
         for l, t in teachers.items():  # single-source direct transfer, the baseline

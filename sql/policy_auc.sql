@@ -9,6 +9,7 @@
 -- auc = P(policy_p of a random correct sentence > that of a random wrong one), ties counted 1/2
 --   (Mann-Whitney U / (correct * wrong), average ranks); 0.5 = chance, null when either class
 --   is empty.
+-- Parameters (optional, `--param name=value`; NULL = every one): run_id, lang.
 WITH gold AS (
   SELECT lang, sent_id, any_value(gold_tags) AS gold_tags
   FROM sentences WHERE gold_tags IS NOT NULL
@@ -20,6 +21,8 @@ scored AS (
   FROM pseudo_labels p
   JOIN gold g ON g.lang = p.lang AND g.sent_id = p.sent_id
   WHERE p.policy_p IS NOT NULL
+    AND coalesce(p.run_id = getvariable('run_id'), true)
+    AND coalesce(p.lang = getvariable('lang'), true)
 ),
 ranked AS (
   SELECT *,

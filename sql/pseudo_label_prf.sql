@@ -11,6 +11,7 @@
 --   gold tags (CoNLL-2002 es train: 53 such sentences, e.g. bylines tagged differently) one
 --   copy's tags are used for all: the gold count can differ slightly from a per-line count
 --   (es train: 18,789 here vs 18,798 B- tags in the file).
+-- Parameters (optional, `--param name=value`; NULL = every one): run_id, lang.
 WITH gold AS (
   SELECT lang, sent_id, any_value(gold_tags) AS gold_tags
   FROM sentences WHERE gold_tags IS NOT NULL
@@ -22,6 +23,8 @@ scored AS (
     bio_spans(g.gold_tags) AS gold_spans, bio_spans(p.tags) AS pred_spans
   FROM pseudo_labels p
   JOIN gold g ON g.lang = p.lang AND g.sent_id = p.sent_id
+  WHERE coalesce(p.run_id = getvariable('run_id'), true)
+    AND coalesce(p.lang = getvariable('lang'), true)
 ),
 counts AS (
   SELECT run_id, lang, round, bucket,

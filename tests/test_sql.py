@@ -113,7 +113,7 @@ def con(request, store):
 
 
 def q(con, name: str, **params) -> list[dict]:
-    for k in ("round_a", "round_b", "top_k"):
+    for k in ("round_a", "round_b", "top_k", "run_id", "lang"):
         con.execute(f"RESET VARIABLE {k}")
     return sqlshell.run_sql(con, name, params, output="arrow").to_pylist()
 
@@ -225,6 +225,20 @@ def test_pseudo_label_prf(con):
     assert rows[("es", 0, "other")]["f1"] == 0
     # round 1: s2, s3 equal gold; s1 has ORG for the gold LOC -> gold 5, pred 5, correct 4
     assert rows[("es", 1, "all")]["f1"] == pytest.approx(0.8)
+
+
+def test_pseudo_label_prf_and_policy_auc_take_run_and_language_parameters(con):
+    """``run_id`` / ``lang`` keep one run's and one language's rows; unset, every row."""
+    every = q(con, "pseudo_label_prf")
+    assert {r["lang"] for r in q(con, "pseudo_label_prf", lang="es")} == {"es"}
+    assert q(con, "pseudo_label_prf", lang="es") == [r for r in every if r["lang"] == "es"]
+    assert q(con, "pseudo_label_prf", lang="nl") == []  # nl has no gold here
+    runs = {r["run_id"] for r in every}
+    for run in runs:
+        assert q(con, "pseudo_label_prf", run_id=run) == [r for r in every if r["run_id"] == run]
+    assert q(con, "pseudo_label_prf", run_id="no-such-run") == []
+    assert q(con, "policy_auc", run_id="no-such-run") == []
+    assert q(con, "pseudo_label_prf") == every  # q resets them: unset again
 
 
 def test_pseudo_label_prf_matches_seqeval(con):
