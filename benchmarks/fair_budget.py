@@ -169,8 +169,9 @@ def count_sentences(path: Path, lang: str) -> int:
 
 
 def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: Path,
-            rows: dict) -> dict:
-    """One (method, language, seed) row: target dev scores (+ English dev F1 of students)."""
+            rows: dict, on_round=None) -> dict:
+    """One (method, language, seed) row: target dev scores (+ English dev F1 of students).
+    ``on_round(rounds)``: a multi-round job's rounds so far (``rounds_of`` rows), after each."""
     from xner_ray.evaluate import evaluate_model
 
     dev = data / f"conll2002-{lang}/dev.txt"
@@ -214,7 +215,8 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
         from xner_ray.methods.combined import run_combined
 
         rounds = rounds_of(run_combined(combined_config(
-            run_id, lang, teacher, out, data, tladv_teachers(seed, out, data), common))[lang],
+            run_id, lang, teacher, out, data, tladv_teachers(seed, out, data), common),
+            round_hook(on_round, out, run_id, lang))[lang],
             label_quality(out / "store", run_id, lang))
         return {**rounds[-1], "rounds": rounds, "student": student}
     rule = {}
@@ -226,9 +228,24 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
         rule = dict(selection=RULES[method], discard_ratio=rikd["rounds"][0]["discard_ratio"])
     res = run_rikd(RikdConfig(run_id=run_id, out=str(out / run_id), teacher=str(teacher),
                               rounds=1 if rule else ROUNDS, reinforce=method != "ikd",
-                              warmup_steps=WARMUP_STEPS, **rule, **common))[lang]
+                              warmup_steps=WARMUP_STEPS, **rule, **common),
+                   round_hook(on_round, out, run_id, lang))[lang]
     rounds = rounds_of(res, label_quality(out / "store", run_id, lang))
     return {**rounds[-1], "rounds": rounds, "student": student}
+
+
+def round_hook(on_round, out: Path, run_id: str, lang: str):
+    """The jobs' ``on_round(lang, summary)`` as ``on_round(rounds so far)``, each round with
+    its ``label_quality`` (the round has committed when the job calls it)."""
+    if on_round is None:
+        return None
+    done: list[dict] = []
+
+    def hook(lang_: str, summary: dict) -> None:
+        done.append(summary)
+        on_round(rounds_of(done, label_quality(out / "store", run_id, lang)))
+
+    return hook
 
 
 def combined_config(run_id: str, lang: str, teacher: Path, out: Path, data: Path,
@@ -310,6 +327,13 @@ def main(argv=None) -> int:
     from xner_ray.cluster import init_ray
 
     init_ray()
+
+    def save() -> None:
+        result["versions"] = meta["versions"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        dest.with_suffix(".md").write_text(markdown(result))
+
     for seed in args.seeds:
         teacher = teacher_dir(seed, out, data, Path(args.direct_transfer))
         result.setdefault("teachers", {})[str(seed)] = {"dir": str(teacher),
@@ -324,19 +348,35 @@ def main(argv=None) -> int:
                 if str(seed) in cell and not args.redo:
                     continue
                 t0 = time.time()
-                cell[str(seed)] = run_one(method, lang, seed, teacher, out, data,
-                                          result["rows"])
                 key = f"{method}/{lang}/{seed}"
+                cell[str(seed)] = run_one(method, lang, seed, teacher, out, data,
+                                          result["rows"], partial_recorder(result, key, meta, save))
                 result["runs"][key] = {**{k: meta[k] for k in ("command", "git_revision",
                                                                  "date", "machine")},
                                        "seconds": round(time.time() - t0, 1)}
-                result["versions"] = meta["versions"]
+                result.get("partial", {}).pop(key, None)  # the row supersedes its rounds
                 print(f"[bench] {key}: F1 {cell[str(seed)]['f1']:.4f}", flush=True)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.with_suffix(".json").write_text(json.dumps(result, indent=2))
-                dest.with_suffix(".md").write_text(markdown(result))
+                save()
     print(f"wrote {dest}.json and .md")
     return 0
+
+
+def partial_recorder(result: dict, key: str, meta: dict, save):
+    """``on_round`` for ``run_one``: the rounds a multi-round row has finished, in the results
+    file's ``partial`` (not in any mean) -- a session that ends before the last round keeps
+    them. A record with more rounds is not replaced by one with fewer (a rerun on a machine
+    without the earlier store starts at round 0 again)."""
+
+    def record(rounds: list[dict]) -> None:
+        old = result.get("partial", {}).get(key)
+        if old is not None and len(old["rounds"]) > len(rounds):
+            return
+        result.setdefault("partial", {})[key] = {
+            "rounds": rounds, "of": ROUNDS if not key.startswith(tuple(RULES)) else 1,
+            **{k: meta[k] for k in ("command", "git_revision", "date", "machine")}}
+        save()
+
+    return record
 
 
 def mean_std(values: list[float]) -> str:
@@ -418,6 +458,20 @@ def markdown(r: dict) -> str:
     if missing:
         lines += ["", "**Incomplete: fewer than 3 seeds (or none) for " + ", ".join(missing)
                   + ".** A difference under a point or two is not a finding on one seed."]
+    partial = r.get("partial") or {}
+    if partial:
+        lines += ["", "Runs that stopped before their last round (the rounds they finished; in "
+                  "no mean or difference above):", "",
+                  "| method | lang | seed | round | F1 | en dev F1 | per type (F1) | revision, "
+                  "date |", "|---|---|---|---|---|---|---|---|"]
+        for key, v in sorted(partial.items()):
+            m, l, seed = key.split("/")
+            for rd in v["rounds"]:
+                types = ", ".join(f"{t} {f:.3f}" for t, f in sorted(rd.get("per_type", {})
+                                                                        .items()))
+                lines.append(f"| {NAMES[m]} | {l} | {seed} | {rd['round'] + 1} of {v['of']} | "
+                             f"{rd['f1']:.4f} | {rd['source_dev_f1']:.4f} | {types}{notes(rd)} "
+                             f"| {v['git_revision'][:10]}, {v['date'][:10]} |")
     lines += ["", "The combined job runs on es only: its projection needs a parallel corpus, and "
               "the one here is en-es (the Bible).",
               "", "Runs (command, revision, date, seconds) per row: the .json `runs`.", ""]

@@ -176,3 +176,33 @@ def test_tsl_multisource_table_compares_weightings_with_the_best_single_source()
     assert ("| es | en 0.6700 | 0.7100 +- 0.0141 (n=2) | 0.6900 (n=1) | en 0.400, nl 0.600 |"
             in md)
     assert "es: en 0.6700, nl 0.6100" in md
+
+
+def test_fair_budget_keeps_the_rounds_of_a_run_that_stops_early():
+    """``partial_recorder``: each finished round of a multi-round row goes to the results'
+    ``partial`` at once (a session ending in round 2 keeps rounds 0-1); fewer rounds never
+    replace more; the table lists them apart, in no mean."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import fair_budget as fb
+
+    meta = {"command": "python benchmarks/fair_budget.py --methods ikd", "git_revision": "a" * 40,
+            "date": "2026-12-03T21:00:00+00:00", "machine": {"cpus": 2}}
+    result, saves = {"teacher_budget": {}, "student": {}, "rounds": 3, "warmup_steps": 500,
+                     "rows": {}, "runs": {}}, []
+    record = fb.partial_recorder(result, "ikd/es/42", meta, lambda: saves.append(1))
+    r0 = {"round": 0, "f1": 0.69, "source_dev_f1": 0.8, "per_type": {"LOC": 0.7},
+          "pl_f1_all": 0.648}
+    r1 = {"round": 1, "f1": 0.67, "source_dev_f1": 0.76}
+    record([r0])
+    record([r0, r1])
+    assert result["partial"]["ikd/es/42"]["rounds"] == [r0, r1] and len(saves) == 2
+    fb.partial_recorder(result, "ikd/es/42", meta, lambda: saves.append(1))([r0])  # a rerun
+    assert result["partial"]["ikd/es/42"]["rounds"] == [r0, r1] and len(saves) == 2
+    assert result["partial"]["ikd/es/42"]["of"] == 3
+    fb.partial_recorder(result, "conf/es/42", meta, lambda: None)([r0])  # Table 7: 1 round
+    assert result["partial"]["conf/es/42"]["of"] == 1
+    md = fb.markdown(result)
+    assert ("| Iterative KD (RIKD w/o RL) | es | 42 | 1 of 3 | 0.6900 | 0.8000 | LOC 0.700; "
+            "pseudo-label F1 0.6480 | aaaaaaaaaa, 2026-12-03 |") in md
+    assert "| 2 of 3 | 0.6700 | 0.7600 |" in md
+    assert "| Iterative KD (RIKD w/o RL) | 0." not in md  # no mean row from a partial run

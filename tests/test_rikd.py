@@ -176,3 +176,34 @@ def test_paper_setting_config_resolves_with_the_papers_values(tmp_path, capsys):
     assert (s["epochs"], s["batch_size"], s["lr"], s["weight_decay"]) == (5, 64, 5e-5, 5e-3)
     assert s["freeze_embeddings"] is True and s["freeze_layers"] == 3
     assert [t["lang"] for t in resolved["targets"]] == ["es", "nl"]
+
+
+def test_run_language_reports_every_round_also_a_resumed_one(tmp_path, monkeypatch):
+    """``on_round(lang, summary)`` after each round, in order: a round found committed (resume)
+    and a round run now -- what fair_budget.py records before a job ends."""
+    from types import SimpleNamespace
+
+    from xner_ray.methods.rikd import job
+
+    done = tmp_path / "out" / "de" / "round0"
+    done.mkdir(parents=True)
+    (done / "train_summary.json").write_text("{}")
+    (done / "round_summary.json").write_text(json.dumps({"round": 0, "f1": 0.5}))
+
+    class Store:
+        def is_complete(self, run_id, lang, k):
+            return k == 0
+
+        def update_run(self, *a, **kw):
+            pass
+
+    ran = []
+    monkeypatch.setattr(job, "_run_round", lambda cfg, store, target, teachers, k, dev, plan:
+                        ran.append((k, list(teachers))) or {"round": k, "f1": 0.6})
+    seen = []
+    cfg = SimpleNamespace(rounds=2, run_id="r1", out=str(tmp_path / "out"))
+    got = job.run_language(cfg, Store(), SimpleNamespace(lang="de"), ["teacher"], None,
+                           job.RoundPlan(), lambda lang, s: seen.append((lang, s)))
+    assert got == [{"round": 0, "f1": 0.5}, {"round": 1, "f1": 0.6}]
+    assert seen == [("de", got[0]), ("de", got[1])]
+    assert ran == [(1, [str(done.parent / "round0")])]  # round 1 labeled by round 0's student

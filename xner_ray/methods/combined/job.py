@@ -32,7 +32,7 @@ from typing import ClassVar, Optional
 from xner_ray.io import uri
 from xner_ray.methods.advpicker.job import check_train_tladv, ensure_tladv_teachers
 from xner_ray.methods.common import absolute, ensure_teacher, run_recorded
-from xner_ray.methods.rikd.job import RikdConfig, RoundPlan, run_language
+from xner_ray.methods.rikd.job import OnRound, RikdConfig, RoundPlan, run_language
 
 PROJECT_SET_KEYS = ("teacher", "train_teacher")  # the job's English teacher is the projection's
 
@@ -150,9 +150,9 @@ def ensure_projected(cfg: CombinedConfig, teacher: str) -> dict[str, str]:
     return out
 
 
-def run_combined(cfg: CombinedConfig) -> dict:
+def run_combined(cfg: CombinedConfig, on_round: Optional[OnRound] = None) -> dict:
     """Run (or resume) the job; returns {lang: [per-round summary]} (RIKD's, round 0 naming
-    both sources and their weights)."""
+    both sources and their weights); ``on_round(lang, summary)`` after every round."""
     from xner_ray.train.loop import read_labeled
 
     def body(store) -> dict:
@@ -162,8 +162,8 @@ def run_combined(cfg: CombinedConfig) -> dict:
         dev, _ = read_labeled(cfg.source_dev, "source dev")
         plan = RoundPlan(selector=f"lang_score:{cfg.rho}", lang_scorers=scorers,
                          weights=cfg.source_weights or [0.5, 0.5])
-        return {t.lang: run_language(cfg, store, t, [projected[t.lang], teacher], dev, plan)
-                for t in cfg.targets}
+        return {t.lang: run_language(cfg, store, t, [projected[t.lang], teacher], dev, plan,
+                                     on_round) for t in cfg.targets}
 
     return run_recorded(cfg, "combined", body)
 

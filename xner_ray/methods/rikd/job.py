@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import Callable, ClassVar, Optional
 
 from xner_ray.io import uri
 from xner_ray.methods.common import (JobConfig, TargetSpec, absolute, ensure_teacher, read_json,
@@ -108,15 +108,22 @@ class RikdConfig(JobConfig):
                              f"(got {self.drop_features}, selection {self.selection})")
 
 
-def run_rikd(cfg: RikdConfig) -> dict:
-    """Run (or resume) the job; returns {lang: [per-round summary]}."""
+# called after each round of a language has committed (or was found committed on a resume)
+# with the language and the round's summary: a caller records progress before the job ends
+OnRound = Callable[[str, dict], None]
+
+
+def run_rikd(cfg: RikdConfig, on_round: Optional[OnRound] = None) -> dict:
+    """Run (or resume) the job; returns {lang: [per-round summary]}. ``on_round(lang,
+    summary)`` after every round."""
     from xner_ray.train.loop import read_labeled
 
     def body(store) -> dict:
         teacher = ensure_teacher(cfg.teacher, cfg.train_teacher)
         dev, _ = read_labeled(cfg.source_dev, "source dev")
         plan = RoundPlan(selector=cfg.selector, lang_scorers=cfg.lang_scorers)
-        return {t.lang: run_language(cfg, store, t, [teacher], dev, plan) for t in cfg.targets}
+        return {t.lang: run_language(cfg, store, t, [teacher], dev, plan, on_round)
+                for t in cfg.targets}
 
     return run_recorded(cfg, "rikd" if cfg.reinforce else "ikd", body)
 
@@ -138,9 +145,10 @@ class RoundPlan:
 
 
 def run_language(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str], dev,
-                 plan: RoundPlan) -> list[dict]:
+                 plan: RoundPlan, on_round: Optional[OnRound] = None) -> list[dict]:
     """The K rounds of one target: round 0 is labeled by ``teachers`` (one source teacher, or
-    several mixed with ``plan.weights``), round k+1 by round k's student."""
+    several mixed with ``plan.weights``), round k+1 by round k's student; ``on_round(lang,
+    summary)`` after each."""
     summaries = []
     for k in range(cfg.rounds):
         student = _student_dir(cfg, target.lang, k)
@@ -155,6 +163,8 @@ def run_language(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str]
             summaries.append(summary)
         else:
             summaries.append(_run_round(cfg, store, target, teachers, k, dev, plan))
+        if on_round is not None:
+            on_round(target.lang, summaries[-1])
         teachers, plan = [student], dataclasses.replace(plan, weights=None)
     return summaries
 
