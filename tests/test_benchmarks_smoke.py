@@ -206,3 +206,23 @@ def test_fair_budget_keeps_the_rounds_of_a_run_that_stops_early():
             "pseudo-label F1 0.6480 | aaaaaaaaaa, 2026-12-03 |") in md
     assert "| 2 of 3 | 0.6700 | 0.7600 |" in md
     assert "| Iterative KD (RIKD w/o RL) | 0." not in md  # no mean row from a partial run
+
+
+def test_rikd_policy_toy_records_the_trajectory(tmp_path):
+    """``benchmarks/rikd_policy_toy.py``: checkpoints every --every reinforced steps, per reward
+    reading and seed, summarised over the seeds; the discard ratio is the window's."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import rikd_policy_toy as rt
+
+    assert rt.main(["--steps", "40", "--every", "20", "--seeds", "0", "1",
+                    "--rewards", "consecutive", "--results", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "rikd_policy_toy.json").read_text())
+    runs = r["runs"]["consecutive"]
+    assert sorted(runs) == ["0", "1"] and [p["step"] for p in runs["0"]] == [20, 40]
+    for point in runs["0"] + runs["1"]:
+        assert 0.0 <= point["auc"] <= 1.0 and 0.0 <= point["discard_ratio"] <= 1.0
+    lo, mean, hi = r["summary"]["consecutive"][1]["auc"]
+    assert lo <= mean <= hi
+    assert mean == pytest.approx((runs["0"][1]["auc"] + runs["1"][1]["auc"]) / 2)
+    md = (tmp_path / "rikd_policy_toy.md").read_text()
+    assert "Reward reading `consecutive`" in md and "| 40 | " in md

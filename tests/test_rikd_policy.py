@@ -232,9 +232,12 @@ POLICY_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
 
 def _train_rikd(seed: int, *, warmup: int = 50, steps: int = 300, batch: int = 32,
-                reward: str = "consecutive", **selector_kwargs):
+                reward: str = "consecutive", probe=None, **selector_kwargs):
     """RIKD Algorithm 2 on the toy task with a linear student (RikdStep's order of calls:
-    warm-up KD on all, then act -> KD on the kept sub-batch -> delayed reward -> learn)."""
+    warm-up KD on all, then act -> KD on the kept sub-batch -> delayed reward -> learn).
+    ``probe(step, keep_prob, corrupt, selector)`` after every reinforced step: ``keep_prob()``
+    gives every toy sentence's keep probability under the current policy and student (it
+    changes nothing)."""
     from xner_ray.methods.rikd.policy import DelayedReward
 
     torch.manual_seed(seed)
@@ -264,9 +267,16 @@ def _train_rikd(seed: int, *, warmup: int = 50, steps: int = 300, batch: int = 3
                 after = subbatch_kd_loss(student(x), t, m, keep).item()
         r = rew(loss.item(), after)
         sel.skip(cached) if r is None else sel.learn(cached, r)
+        if probe is not None:
+            probe(step - warmup + 1, lambda: _keep_prob(sel, student, feats, teacher, mask),
+                  corrupt.numpy(), sel)
+    return _keep_prob(sel, student, feats, teacher, mask), corrupt.numpy(), sel
+
+
+def _keep_prob(sel, student, feats, teacher, mask) -> np.ndarray:
     with torch.no_grad():
-        p = sel.keep_prob(StateInputs.from_student(student(feats), feats, teacher, mask))
-    return p.numpy(), corrupt.numpy(), sel
+        return sel.keep_prob(StateInputs.from_student(student(feats), feats, teacher,
+                                                      mask)).numpy()
 
 
 def test_policy_separates_corrupted_from_clean_pseudo_labels():
