@@ -258,16 +258,16 @@ def _train_rikd(seed: int, *, warmup: int = 50, steps: int = 300, batch: int = 3
         keep, _, cached = sel.act(StateInputs.from_student(logits.detach(), x, t, m))
         if not keep.any():
             sel.learn(cached, None)
-            continue
-        loss = subbatch_kd_loss(logits, t, m, keep)
-        opt.zero_grad(), loss.backward(), opt.step()
-        after = None
-        if rew.needs_after:
-            with torch.no_grad():
-                after = subbatch_kd_loss(student(x), t, m, keep).item()
-        r = rew(loss.item(), after)
-        sel.skip(cached) if r is None else sel.learn(cached, r)
-        if probe is not None:
+        else:
+            loss = subbatch_kd_loss(logits, t, m, keep)
+            opt.zero_grad(), loss.backward(), opt.step()
+            after = None
+            if rew.needs_after:
+                with torch.no_grad():
+                    after = subbatch_kd_loss(student(x), t, m, keep).item()
+            r = rew(loss.item(), after)
+            sel.skip(cached) if r is None else sel.learn(cached, r)
+        if probe is not None:  # also after a step that kept nothing
             probe(step - warmup + 1, lambda: _keep_prob(sel, student, feats, teacher, mask),
                   corrupt.numpy(), sel)
     return _keep_prob(sel, student, feats, teacher, mask), corrupt.numpy(), sel
