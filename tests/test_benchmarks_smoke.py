@@ -215,7 +215,7 @@ def test_rikd_policy_toy_records_the_trajectory(tmp_path):
     import rikd_policy_toy as rt
 
     assert rt.main(["--steps", "40", "--every", "20", "--seeds", "0", "1",
-                    "--rewards", "consecutive", "--results", str(tmp_path)]) == 0
+                    "--variants", "consecutive", "--results", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "rikd_policy_toy.json").read_text())
     runs = r["runs"]["consecutive"]
     assert sorted(runs) == ["0", "1"] and [p["step"] for p in runs["0"]] == [20, 40]

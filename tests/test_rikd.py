@@ -126,10 +126,15 @@ def test_table7_8_settings_are_checked(tiny_teacher_dir, tmp_path):
              "it needs reinforce: true"),
             ({"drop_features": ["f_conff"]}, "drop_features: names from"),
             ({"selection": "confidence", "discard_ratio": 0.4, "drop_features": ["f_conf"]},
-             "with the policy only")):
+             "with the policy only"),
+            ({"keep_target": 1.0}, r"keep_target must be in \(0, 1\)"),
+            ({"keep_target": 0.6, "reinforce": False}, "with the policy only"),
+            ({"keep_target": 0.6, "selection": "confidence", "discard_ratio": 0.4},
+             "keep_target must be")):
         with pytest.raises(ValueError, match=message):
             RikdConfig(**base, **extra)
     RikdConfig(**base, drop_features=["f_agree"])  # a Table 8 ablation is fine
+    assert RikdConfig(**base, keep_target=0.612).keep_target == 0.612
 
 
 @pytest.mark.slow
@@ -207,3 +212,16 @@ def test_run_language_reports_every_round_also_a_resumed_one(tmp_path, monkeypat
     assert got == [{"round": 0, "f1": 0.5}, {"round": 1, "f1": 0.6}]
     assert seen == [("de", got[0]), ("de", got[1])]
     assert ran == [(1, [str(done.parent / "round0")])]  # round 1 labeled by round 0's student
+
+
+def test_rikd_step_hands_keep_target_to_its_policy():
+    from types import SimpleNamespace
+
+    import torch
+
+    from xner_ray.methods.rikd.step import RikdStep
+
+    ctx = SimpleNamespace(labels=["O", "B-PER", "I-PER"], rank=0, device=torch.device("cpu"),
+                          bare=SimpleNamespace(config=SimpleNamespace(hidden_size=8)))
+    assert RikdStep(ctx, keep_target=0.6).selector.keep_target == 0.6
+    assert RikdStep(ctx).selector.keep_target is None  # the paper's policy by default

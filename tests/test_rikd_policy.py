@@ -369,3 +369,31 @@ def test_table7_rules_keep_each_batchs_top_share():
     assert top_share(score, 0.6).tolist() == [False, True, True, True, False]
     assert top_share(score, 0.2).tolist() == [False, True, False, False, False]  # tie: earlier
     assert top_share(score, 0.01).sum() == 1 and top_share(score, 1.0).all()
+
+
+def test_keep_target_holds_the_keep_rate_and_still_separates():
+    """``keep_target`` (opt-in, not in the paper): the offset on every logit holds the share kept
+    near the target while REINFORCE still ranks clean above corrupted; the offset is saved with
+    the policy and the actions' log-probabilities use the offset they were sampled with."""
+    p, corrupt, sel = _train_rikd(0, steps=1000, keep_target=0.7)
+    recent = [h["discard_ratio"] for h in sel.history[-300:]]
+    assert abs(sum(recent) / len(recent) - 0.3) < 0.07
+    assert _auc(p, ~corrupt) >= 0.8
+    assert p[~corrupt].mean() - p[corrupt].mean() >= 0.2
+    assert float(sel.state_dict()["keep_bias"]) == float(sel.keep_bias) != 0.0
+    with pytest.raises(ValueError, match="keep_target"):
+        RLSelector.build(POLICY_LABELS, 16, keep_target=1.0)
+
+
+def test_keep_bias_moves_by_dual_ascent_after_each_act():
+    sel = RLSelector.build(POLICY_LABELS, 16, seed=0, keep_target=0.8, keep_rate_lr=0.5)
+    feats, teacher, mask, _, _ = _corrupted_task(0, n=8)
+    inputs = StateInputs.from_student(torch.zeros(8, 6, len(POLICY_LABELS)), feats, teacher, mask)
+    _, p, cached = sel.act(inputs)  # a fresh policy: p = 0.5 everywhere
+    assert torch.allclose(p, torch.full_like(p, 0.5)) and cached.bias == 0.0
+    assert float(sel.keep_bias) == pytest.approx(0.5 * (0.8 - 0.5))
+    _, p2, cached2 = sel.act(inputs)
+    assert cached2.bias == pytest.approx(0.15) and torch.all(p2 > 0.5)
+    plain = RLSelector.build(POLICY_LABELS, 16, seed=0)
+    plain.act(inputs)
+    assert float(plain.keep_bias) == 0.0  # no target: the paper's policy, no offset

@@ -54,6 +54,12 @@ class RikdConfig(JobConfig):
     discard_ratio: Optional[float] = field(default=None, metadata={
         "help": "per-batch discard share of selection: confidence | agreement (the paper "
                 "matches RIKD's average discard ratio of round 1, its Table 6)"})
+    keep_target: Optional[float] = field(default=None, metadata={
+        "help": "not in the paper, opt-in: hold the policy's expected keep rate at this share "
+                "(a logit offset moved by dual ascent; REINFORCE still picks which). Without it "
+                "a policy that learns drifts towards discarding most of each batch "
+                "(benchmarks/results/rikd_policy_toy.md); RIKD Table 6 reports 38.8% "
+                "discarded for es, i.e. keep_target 0.612"})
     drop_features: list = field(default_factory=list, metadata={
         "help": "state features the policy does not see (RIKD Table 8 ablations): any of "
                 "f_entities, f_conf, f_agree, f_semantic, f_length"})
@@ -102,6 +108,11 @@ class RikdConfig(JobConfig):
                              "only there")
         if rule and not 0.0 <= self.discard_ratio < 1.0:
             raise ValueError(f"discard_ratio must be in [0, 1), got {self.discard_ratio}")
+        if self.keep_target is not None and (rule or not self.reinforce
+                                             or not 0.0 < self.keep_target < 1.0):
+            raise ValueError(f"keep_target must be in (0, 1), with the policy only (got "
+                             f"{self.keep_target}, selection {self.selection}, reinforce "
+                             f"{self.reinforce})")
         unknown = sorted(set(self.drop_features) - set(FEATURES))
         if unknown or (self.drop_features and (rule or not self.reinforce)):
             raise ValueError(f"drop_features: names from {list(FEATURES)}, with the policy only "
@@ -221,7 +232,8 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str], 
                            selector_id=_selector_id(plan.selector, cfg),
                            **({"rule": cfg.selection, "discard_ratio": cfg.discard_ratio}
                               if cfg.selection != "policy" else {}),
-                           drop_features=tuple(cfg.drop_features)),
+                           drop_features=tuple(cfg.drop_features),
+                           keep_target=cfg.keep_target),
             artifacts_dir=artifacts)
         policy = _add_decisions(store, r) if cfg.reinforce else {}
         summary = {"round": k, "teacher": "+".join(teachers), "student": student,

@@ -301,6 +301,7 @@ class Cached:
     actions: torch.Tensor
     p: torch.Tensor
     step: int
+    bias: float = 0.0  # the keep-rate offset the actions were sampled with (``keep_target``)
 
     @property
     def n_kept(self) -> int:
@@ -386,6 +387,14 @@ class RLSelector(nn.Module):
     sigma`` (module docstring). ``normalize=False`` and ``standardize=False`` give the paper's
     literal update (r itself; raw states), which at KD-loss deltas of ~1e-4 does not move.
 
+    ``keep_target`` (opt-in; not in the paper): hold the expected keep rate at this share. Both
+    readings of Eq. 3 reward a kept set with a low mean KD loss, so a policy that learns drifts
+    towards discarding nearly everything (``benchmarks/results/rikd_policy_toy.md``). With a
+    target, one scalar offset ``keep_bias`` is added to every logit and moved after each
+    ``act`` by ``keep_rate_lr * (keep_target - mean pi)`` -- dual ascent on the constraint
+    E[pi] = keep_target. REINFORCE still shapes *which* instances are kept; the offset decides
+    how many. It is a buffer (saved with the policy) and takes no gradient.
+
     All-discard batch: Eq. 3 is undefined on an empty sub-batch, so the trainer skips the
     student update and calls ``learn(cached, None)``: no reward enters the statistics, and the
     policy steps with advantage ``empty_reward`` (default 0: no change). A negative
@@ -396,11 +405,17 @@ class RLSelector(nn.Module):
     def __init__(self, encoder: nn.Module, policy: Policy, lr: float = 0.01, *,
                  reward_scale: float = 1.0, empty_reward: float = 0.0, reduction: str = "mean",
                  normalize: bool = True, standardize: bool = True, state_dim: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None,
+                 keep_target: Optional[float] = None, keep_rate_lr: float = 0.2):
         super().__init__()
         if reduction not in ("mean", "sum") or lr <= 0:
             raise ValueError(f"need lr > 0 and reduction in ('mean', 'sum'), got {lr}, "
                              f"{reduction!r}")
+        if keep_target is not None and not (0 < keep_target < 1 and keep_rate_lr > 0):
+            raise ValueError(f"keep_target must be in (0, 1) with keep_rate_lr > 0, got "
+                             f"{keep_target}, {keep_rate_lr}")
+        self.keep_target, self.keep_rate_lr = keep_target, keep_rate_lr
+        self.register_buffer("keep_bias", torch.zeros(()))
         self.encoder, self.policy = encoder, policy
         dim = state_dim or policy.fc1.in_features
         self.norm = RunningNorm(dim) if standardize else None
@@ -432,13 +447,15 @@ class RLSelector(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _logits(self, inputs: Any, update_norm: bool = False) -> torch.Tensor:
+    def _logits(self, inputs: Any, update_norm: bool = False,
+                bias: Optional[float] = None) -> torch.Tensor:
+        """The policy's logits plus the keep-rate offset (the current one, or ``bias``)."""
         s = self.encoder(inputs)
         if self.norm is not None:
             if update_norm:
                 self.norm.update(s)
             s = self.norm(s)
-        return self.policy.logits(s)
+        return self.policy.logits(s) + (float(self.keep_bias) if bias is None else bias)
 
     def keep_prob(self, inputs: Any) -> torch.Tensor:
         """pi(s) for a batch with the current statistics, changing nothing (for inspection)."""
@@ -449,13 +466,16 @@ class RLSelector(nn.Module):
         """Sample keep/drop for a batch (Algorithm 2, lines 7-9); only the running state
         statistics change."""
         inputs = self._detach(inputs)
+        bias = float(self.keep_bias)
         with torch.no_grad(), _fp32(self._device()):
-            p = torch.sigmoid(self._logits(inputs, update_norm=True))
+            p = torch.sigmoid(self._logits(inputs, update_norm=True, bias=bias))
         if p.numel() == 0:
             raise ValueError("act() needs a batch with at least one instance")
         keep = sample_actions(p, self.generator)
         self.n_acts += 1
-        return keep, p, Cached(inputs, keep, p, self.n_acts)
+        if self.keep_target is not None:  # dual ascent on E[pi] = keep_target (class doc)
+            self.keep_bias += self.keep_rate_lr * (self.keep_target - float(p.mean()))
+        return keep, p, Cached(inputs, keep, p, self.n_acts, bias)
 
     def advantage(self, reward: float) -> float:
         """What multiplies log pi in Eq. 4 for a measured reward r."""
@@ -474,12 +494,12 @@ class RLSelector(nn.Module):
             adv = self.advantage(r)
         if adv != 0.0:
             with _fp32(self._device()):
-                lp = log_prob(self._logits(cached.inputs), cached.actions)
+                lp = log_prob(self._logits(cached.inputs, bias=cached.bias), cached.actions)
                 reinforce_update(self.optimizer, lp, adv, self.reduction)
         n = cached.actions.numel()
         rec = {"step": cached.step, "discard_ratio": 1.0 - cached.n_kept / n, "reward": r,
                "advantage": adv, "mean_p": float(cached.p.mean()), "n_kept": cached.n_kept,
-               "empty": empty}
+               "empty": empty, "keep_bias": cached.bias}
         self.history.append(rec)
         return rec
 
@@ -488,7 +508,7 @@ class RLSelector(nn.Module):
         cached loss): no policy update."""
         rec = {"step": cached.step, "discard_ratio": 1.0 - cached.n_kept / cached.actions.numel(),
                "reward": 0.0, "advantage": 0.0, "mean_p": float(cached.p.mean()),
-               "n_kept": cached.n_kept, "empty": cached.n_kept == 0}
+               "n_kept": cached.n_kept, "empty": cached.n_kept == 0, "keep_bias": cached.bias}
         self.history.append(rec)
         return rec
 

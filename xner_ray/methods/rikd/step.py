@@ -39,7 +39,8 @@ class RikdStep:
                  reward_scale: float = 1.0, seed: int = 0, d_u: int = 50, d_z: int = 256,
                  d_s: int = 256, reward: str = "consecutive",
                  selector_id: str = "rikd_policy.v1", rule: Optional[str] = None,
-                 discard_ratio: float = 0.0, drop_features: tuple = (), **_: Any):
+                 discard_ratio: float = 0.0, drop_features: tuple = (),
+                 keep_target: Optional[float] = None, **_: Any):
         from xner_ray.methods.rikd.policy import DelayedReward, RLSelector
 
         if rule is not None and (rule not in self.RULES or not 0.0 <= discard_ratio < 1.0):
@@ -50,7 +51,7 @@ class RikdStep:
         self.selector = None if rule else RLSelector.build(
             ctx.labels, ctx.bare.config.hidden_size, d_u=d_u, d_z=d_z, d_s=d_s,
             seed=seed + ctx.rank, lr=policy_lr, reward_scale=reward_scale,
-            drop_features=tuple(drop_features)).to(ctx.device)
+            drop_features=tuple(drop_features), keep_target=keep_target).to(ctx.device)
         self.history: list[dict] = []  # the rule's steps (the policy keeps its own)
         self.reward = DelayedReward(reward)
         self.decisions: dict[str, tuple[Optional[float], bool]] = {}  # sent_id -> (p, kept)
