@@ -148,6 +148,40 @@ def tladv_teachers(seed: int, out: Path, data: Path) -> list[str]:
     return folders
 
 
+def teacher_record(result: dict, seed: int, teacher: Path) -> dict:
+    """``result["teachers"][seed]``: the seed's teacher (folder, steps, English dev F1) and its
+    target dev F1 per language (``target_f1``, filled by ``teacher_f1``). A teacher trained
+    again (a new machine: teachers are not in git) starts a new record; the old one moves to
+    ``replaced`` so that rows learned from it stay explained."""
+    summary = json.loads((teacher / "train_summary.json").read_text())
+    now = {"dir": str(teacher), "steps": teacher_steps(teacher),
+           "en_dev_f1": round(float(summary["best"]["dev_f1"]), 6),
+           "seconds": summary.get("seconds")}
+    teachers = result.setdefault("teachers", {})
+    old = teachers.get(str(seed))
+    same = old is not None and all(old.get(k) == now[k] for k in ("dir", "steps", "en_dev_f1")
+                                   if old.get(k) is not None)
+    if old is not None and not same:
+        now["replaced"] = old
+    teachers[str(seed)] = {**now, **({"target_f1": old.get("target_f1", {}),
+                                      "replaced": old.get("replaced")} if same else {})}
+    teachers[str(seed)] = {k: v for k, v in teachers[str(seed)].items() if v is not None}
+    return teachers[str(seed)]
+
+
+def teacher_f1(record: dict, lang: str, data: Path) -> float:
+    """The teacher's target dev F1 (direct transfer), evaluated once per teacher and language:
+    every row keeps its own teacher's, so its gain is paired with the teacher it learned from
+    even where a seed's teacher was trained again."""
+    from xner_ray.evaluate import evaluate_model
+
+    scores = record.setdefault("target_f1", {})
+    if lang not in scores:
+        r = evaluate_model(record["dir"], str(data / f"conll2002-{lang}/dev.txt"), lang=lang)
+        scores[lang] = round(float(r["f1"]), 6)
+    return scores[lang]
+
+
 def teacher_steps(teacher: Path) -> int:
     """Optimisation steps the teacher took: its best epoch's step count when that was the last
     epoch, else that count scaled to all its epochs (the summary keeps the best epoch only)."""
@@ -336,8 +370,7 @@ def main(argv=None) -> int:
 
     for seed in args.seeds:
         teacher = teacher_dir(seed, out, data, Path(args.direct_transfer))
-        result.setdefault("teachers", {})[str(seed)] = {"dir": str(teacher),
-                                                        "steps": teacher_steps(teacher)}
+        record = teacher_record(result, seed, teacher)
         for lang in args.langs:
             for method in args.methods:
                 if lang not in ONLY.get(method, LANGS):
@@ -349,8 +382,11 @@ def main(argv=None) -> int:
                     continue
                 t0 = time.time()
                 key = f"{method}/{lang}/{seed}"
-                cell[str(seed)] = run_one(method, lang, seed, teacher, out, data,
-                                          result["rows"], partial_recorder(result, key, meta, save))
+                base = teacher_f1(record, lang, data)
+                cell[str(seed)] = {**run_one(method, lang, seed, teacher, out, data,
+                                             result["rows"],
+                                             partial_recorder(result, key, meta, save, base)),
+                                   "teacher_f1": base}
                 result["runs"][key] = {**{k: meta[k] for k in ("command", "git_revision",
                                                                  "date", "machine")},
                                        "seconds": round(time.time() - t0, 1)}
@@ -361,7 +397,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def partial_recorder(result: dict, key: str, meta: dict, save):
+def partial_recorder(result: dict, key: str, meta: dict, save,
+                     base: Optional[float] = None):
     """``on_round`` for ``run_one``: the rounds a multi-round row has finished, in the results
     file's ``partial`` (not in any mean) -- a session that ends before the last round keeps
     them. A record with more rounds is not replaced by one with fewer (a rerun on a machine
@@ -373,6 +410,7 @@ def partial_recorder(result: dict, key: str, meta: dict, save):
             return
         result.setdefault("partial", {})[key] = {
             "rounds": rounds, "of": ROUNDS if not key.startswith(tuple(RULES)) else 1,
+            **({"teacher_f1": base} if base is not None else {}),
             **{k: meta[k] for k in ("command", "git_revision", "date", "machine")}}
         save()
 
@@ -388,12 +426,15 @@ def mean_std(values: list[float]) -> str:
 
 
 def paired_delta(cell: dict, base: dict) -> str:
-    """Mean +- std over the seeds both rows have of (row F1 - base F1), in points: a seed's
-    student against its own seed's teacher, not a mean over different seed sets."""
-    seeds = sorted(set(cell) & set(base))
+    """Mean +- std over seeds of (row F1 - its teacher's F1), in points: a student against the
+    teacher it learned from (the row's ``teacher_f1``; rows without one: the direct row of the
+    same seed), not a mean over different seed sets."""
+    pairs = {s: v["teacher_f1"] if v.get("teacher_f1") is not None else base[s]["f1"]
+             for s, v in cell.items() if v.get("teacher_f1") is not None or s in base}
+    seeds = sorted(pairs)
     if not seeds:
         return "-"
-    d = [100 * (cell[s]["f1"] - base[s]["f1"]) for s in seeds]
+    d = [100 * (cell[s]["f1"] - pairs[s]) for s in seeds]
     std = f" +- {statistics.stdev(d):.1f}" if len(d) > 1 else ""
     return f"{statistics.mean(d):+.1f}{std} (n={len(d)})"
 
@@ -403,7 +444,7 @@ def paired_delta(cell: dict, base: dict) -> str:
 NOTES = (("kept_share", "selector kept", ".1%"), ("ensemble_f1", "TLADV ensemble F1", ".4f"),
          ("discard_ratio", "discard ratio", ".3f"), ("pl_f1_all", "pseudo-label F1", ".4f"),
          ("pl_f1_selected", "on kept", ".4f"), ("pl_f1_other", "on rest", ".4f"),
-         ("policy_auc", "policy AUC", ".3f"))
+         ("policy_auc", "policy AUC", ".3f"), ("teacher_f1", "its teacher", ".4f"))
 
 
 def notes(v: dict) -> str:
@@ -458,6 +499,16 @@ def markdown(r: dict) -> str:
     if missing:
         lines += ["", "**Incomplete: fewer than 3 seeds (or none) for " + ", ".join(missing)
                   + ".** A difference under a point or two is not a finding on one seed."]
+    for seed, t in sorted((r.get("teachers") or {}).items()):
+        old = t.get("replaced")
+        if old:
+            lines += ["", f"Seed {seed}'s teacher was trained again ({t['dir']}: {t['steps']} "
+                      f"steps, English dev F1 {t.get('en_dev_f1', float('nan')):.4f}; before: "
+                      f"{old['dir']}, {old['steps']} steps"
+                      + (f", English dev F1 {old['en_dev_f1']:.4f}" if old.get("en_dev_f1")
+                         else "") + "). Rows learned from the new one carry its target F1 "
+                      "(\"its teacher\") and are paired with it; older rows with the direct "
+                      "row of their seed."]
     partial = r.get("partial") or {}
     if partial:
         lines += ["", "Runs that stopped before their last round (the rounds they finished; in "
@@ -469,9 +520,11 @@ def markdown(r: dict) -> str:
             for rd in v["rounds"]:
                 types = ", ".join(f"{t} {f:.3f}" for t, f in sorted(rd.get("per_type", {})
                                                                         .items()))
+                teacher = (f"; its teacher {v['teacher_f1']:.4f}" if v.get("teacher_f1")
+                           is not None else "")
                 lines.append(f"| {NAMES[m]} | {l} | {seed} | {rd['round'] + 1} of {v['of']} | "
-                             f"{rd['f1']:.4f} | {rd['source_dev_f1']:.4f} | {types}{notes(rd)} "
-                             f"| {v['git_revision'][:10]}, {v['date'][:10]} |")
+                             f"{rd['f1']:.4f} | {rd['source_dev_f1']:.4f} | {types}{notes(rd)}"
+                             f"{teacher} | {v['git_revision'][:10]}, {v['date'][:10]} |")
     lines += ["", "The combined job runs on es only: its projection needs a parallel corpus, and "
               "the one here is en-es (the Bible).",
               "", "Runs (command, revision, date, seconds) per row: the .json `runs`.", ""]

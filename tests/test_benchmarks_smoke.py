@@ -226,3 +226,39 @@ def test_rikd_policy_toy_records_the_trajectory(tmp_path):
     assert mean == pytest.approx((runs["0"][1]["auc"] + runs["1"][1]["auc"]) / 2)
     md = (tmp_path / "rikd_policy_toy.md").read_text()
     assert "Reward reading `consecutive`" in md and "| 40 | " in md
+
+
+def test_fair_budget_pairs_each_row_with_the_teacher_it_learned_from(tmp_path, monkeypatch):
+    """A seed's teacher trained again (teachers are not in git) starts a new record, the old
+    one kept under ``replaced``; its target F1 is evaluated once; a row carrying
+    ``teacher_f1`` is paired with it, an older row with its seed's direct row."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import fair_budget as fb
+
+    import xner_ray.evaluate as ev
+
+    def teacher(name: str, dev_f1: float) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "train_summary.json").write_text(json.dumps(
+            {"config": {"epochs": 2}, "best": {"epoch": 2, "step": 1756, "dev_f1": dev_f1},
+             "seconds": 10.0}))
+        return folder
+
+    result = {"teachers": {"42": {"dir": "/old/teacher", "steps": 1762}}}
+    rec = fb.teacher_record(result, 42, teacher("t42", 0.9266))
+    assert (rec["dir"], rec["steps"], rec["en_dev_f1"]) == (str(tmp_path / "t42"), 1756, 0.9266)
+    assert rec["replaced"] == {"dir": "/old/teacher", "steps": 1762}
+    calls = []
+    monkeypatch.setattr(ev, "evaluate_model", lambda model, dev, lang: calls.append(lang)
+                        or {"f1": 0.68})
+    assert fb.teacher_f1(rec, "es", tmp_path) == 0.68 and fb.teacher_f1(rec, "es", tmp_path) == 0.68
+    assert calls == ["es"]
+    again = fb.teacher_record(result, 42, tmp_path / "t42")  # the same teacher: scores kept
+    assert again["target_f1"] == {"es": 0.68} and again["replaced"]["steps"] == 1762
+
+    cell = {"42": {"f1": 0.70, "teacher_f1": 0.68}, "43": {"f1": 0.71}}
+    assert fb.paired_delta(cell, {"42": {"f1": 0.6717}, "43": {"f1": 0.70}}) == "+1.5 +- 0.7 (n=2)"
+    md = fb.markdown({"teacher_budget": {}, "student": {}, "rounds": 3, "warmup_steps": 500,
+                      "rows": {}, "runs": {}, "teachers": result["teachers"]})
+    assert "Seed 42's teacher was trained again" in md and "1762 steps" in md
