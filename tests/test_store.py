@@ -248,8 +248,14 @@ def test_runs_table(tmp_path):
     resumed = store.record_run("r1", "rikd", '{"a": [1, 2], "b": 1}')  # same config, as JSON
     assert resumed["status"] == "running" and resumed["ended_at"] is None
     assert json.loads(resumed["metrics"])["1"] == {"f1": 0.6}
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match=r"different config \(a, b\)"):
         store.record_run("r1", "rikd", {"a": 2})
+    # a setting the code gained since the run started, left unset: the same run
+    assert store.record_run("r1", "rikd", {"a": [1, 2], "b": 1, "keep_target": None})
+    with pytest.raises(ValueError, match=r"different config \(keep_target\)"):
+        store.record_run("r1", "rikd", {"a": [1, 2], "b": 1, "keep_target": 0.6})
+    with pytest.raises(ValueError, match=r"different config \(b\)"):  # a key dropped
+        store.record_run("r1", "rikd", {"a": [1, 2]})
     with pytest.raises(ValueError, match="invalid run status"):
         store.update_run("r1", status="weird")
     with pytest.raises(ValueError, match="no run"):

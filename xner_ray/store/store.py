@@ -83,6 +83,16 @@ MANIFEST_KEYS = ("schema_version", "run_id", "lang", "round", "tables", "committ
 KEY_RE = re.compile(r"^run_id=([^/]+)/lang=([^/]+)/round=([0-9]+)$")
 
 
+def config_diff(old: dict, new: dict) -> list[str]:
+    """The top-level keys on which a resumed run's config differs from the recorded one. A key
+    the recorded config lacks counts only when its new value is set: a setting added to the
+    code since the run started, left at its unset default (None), changes nothing the run
+    did."""
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys
+            if old.get(k) != new.get(k) and not (k not in old and new.get(k) is None)]
+
+
 class StoreError(ValueError):
     """A store that cannot be read as it is (the message names the file or round)."""
 
@@ -633,9 +643,10 @@ class Store:
         with self._run_lock(run_id):
             old = self.get_run(run_id)
             if old is not None:
-                if json.loads(old["config"]) != json.loads(config_json):
-                    raise ValueError(f"run {run_id!r} exists with a different config; "
-                                     "use a new run id")
+                diff = config_diff(json.loads(old["config"]), json.loads(config_json))
+                if diff:
+                    raise ValueError(f"run {run_id!r} exists with a different config "
+                                     f"({', '.join(diff)}); use a new run id")
                 if old["status"] == "running" and (age := self._heartbeat_age(old)) is not None \
                         and age < 2 * self.run_heartbeat_s:
                     logger.warning("run %s is marked running with a heartbeat %.0f s old: if "
