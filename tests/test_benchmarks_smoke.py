@@ -262,3 +262,32 @@ def test_fair_budget_pairs_each_row_with_the_teacher_it_learned_from(tmp_path, m
     md = fb.markdown({"teacher_budget": {}, "student": {}, "rounds": 3, "warmup_steps": 500,
                       "rows": {}, "runs": {}, "teachers": result["teachers"]})
     assert "Seed 42's teacher was trained again" in md and "1762 steps" in md
+
+
+def test_fair_budget_rikd_kt_holds_table6s_keep_rate(tmp_path, monkeypatch):
+    """The ``rikd_kt`` row is RIKD (3 rounds, the policy) with ``keep_target`` = 1 - Table 6's
+    discard ratio of its language (es 38.8%, nl 56.7%); ``rikd`` keeps the paper's policy."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import fair_budget as fb
+
+    import xner_ray.methods.rikd as rikd
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "train_summary.json").write_text(json.dumps(
+        {"config": {"epochs": 2}, "best": {"epoch": 2, "step": 1756, "dev_f1": 0.9}}))
+    seen = []
+
+    def fake_run(cfg, on_round=None):
+        seen.append(cfg)
+        return {cfg.targets[0].lang: [{"round": 0, "target_dev": {"f1": 0.7},
+                                       "source_dev_f1": 0.8}]}
+
+    monkeypatch.setattr(rikd, "run_rikd", fake_run)
+    monkeypatch.setattr(fb, "label_quality", lambda *a: {})
+    monkeypatch.setattr(fb, "count_sentences", lambda path, lang: 8323)
+    data = REPO.parent / "shared" / "data"
+    for method, lang in (("rikd_kt", "es"), ("rikd_kt", "nl"), ("rikd", "es")):
+        fb.run_one(method, lang, 42, teacher, tmp_path, data, {})
+    assert [(c.keep_target, c.rounds, c.reinforce) for c in seen] == [
+        (0.612, 3, True), (0.433, 3, True), (None, 3, True)]
