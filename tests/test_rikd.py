@@ -225,3 +225,22 @@ def test_rikd_step_hands_keep_target_to_its_policy():
                           bare=SimpleNamespace(config=SimpleNamespace(hidden_size=8)))
     assert RikdStep(ctx, keep_target=0.6).selector.keep_target == 0.6
     assert RikdStep(ctx).selector.keep_target is None  # the paper's policy by default
+
+
+def test_decisions_name_the_policy_setting(tiny_teacher_dir, tmp_path):
+    """The ``selector`` of RIKD's decision rows says which policy decided: the paper's, a Table 8
+    ablation, a held keep rate, a Table 7 rule; a labeling selector in front is named first."""
+    from xner_ray.methods.rikd import RikdConfig
+    from xner_ray.methods.rikd.job import _selector_id
+
+    base = dict(run_id="x", store=str(tmp_path / "s"), out=str(tmp_path / "o"),
+                source_dev=str(sample_path("en.dev.txt")), teacher=str(tiny_teacher_dir),
+                targets=[{"lang": "de", "unlabeled": str(sample_path("de.dev.txt"))}])
+    ids = [_selector_id("keep_all", RikdConfig(**base, **extra)) for extra in (
+        {}, {"drop_features": ["f_conf"]}, {"keep_target": 0.612},
+        {"drop_features": ["f_conf", "f_agree"], "keep_target": 0.5},
+        {"selection": "confidence", "discard_ratio": 0.4})]
+    assert ids == ["rikd_policy.v1", "rikd_policy.v1(drop=f_conf)", "rikd_policy.v1(keep=0.612)",
+                   "rikd_policy.v1(drop=f_agree+f_conf,keep=0.5)",
+                   "rikd_confidence_batch.v1(discard=0.4)"]
+    assert _selector_id("confidence:0.9").endswith("+rikd_policy.v1")

@@ -257,15 +257,17 @@ def _run_round(cfg: RikdConfig, store, target: TargetSpec, teachers: list[str], 
 
 
 def _selector_id(spec: str, cfg: Optional[RikdConfig] = None) -> str:
-    """``rikd_policy.v1`` (or a Table 7 rule's / a Table 8 ablation's id), prefixed by the
-    labeling selector when one narrowed the rows."""
+    """``rikd_policy.v1`` (or a Table 7 rule's id; a Table 8 ablation and ``keep_target`` in
+    brackets), prefixed by the labeling selector when one narrowed the rows."""
     from xner_ray.selectors import KeepAll, make_selector
 
     own = SELECTOR_ID
     if cfg is not None and cfg.selection != "policy":
         own = f"rikd_{cfg.selection}_batch.v1(discard={cfg.discard_ratio:g})"
-    elif cfg is not None and cfg.drop_features:
-        own = f"{SELECTOR_ID}(drop={'+'.join(sorted(cfg.drop_features))})"
+    elif cfg is not None:
+        opts = ([f"drop={'+'.join(sorted(cfg.drop_features))}"] if cfg.drop_features else []) \
+            + ([f"keep={cfg.keep_target:g}"] if cfg.keep_target is not None else [])
+        own = f"{SELECTOR_ID}({','.join(opts)})" if opts else SELECTOR_ID
     pre = make_selector(spec)
     return own if isinstance(pre, KeepAll) else f"{pre.id}+{own}"
 
