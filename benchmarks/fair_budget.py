@@ -372,7 +372,6 @@ def main(argv=None) -> int:
     init_ray()
 
     def save() -> None:
-        result["versions"] = meta["versions"]
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.with_suffix(".json").write_text(json.dumps(result, indent=2))
         dest.with_suffix(".md").write_text(markdown(result))
@@ -400,6 +399,7 @@ def main(argv=None) -> int:
                                                                  "date", "machine")},
                                        "seconds": round(time.time() - t0, 1)}
                 result.get("partial", {}).pop(key, None)  # the row supersedes its rounds
+                result["versions"] = meta["versions"]  # the last row's (the .md footer)
                 print(f"[bench] {key}: F1 {cell[str(seed)]['f1']:.4f}", flush=True)
                 save()
     print(f"wrote {dest}.json and .md")
@@ -420,7 +420,8 @@ def partial_recorder(result: dict, key: str, meta: dict, save,
         result.setdefault("partial", {})[key] = {
             "rounds": rounds, "of": ROUNDS if not key.startswith(tuple(RULES)) else 1,
             **({"teacher_f1": base} if base is not None else {}),
-            **{k: meta[k] for k in ("command", "git_revision", "date", "machine")}}
+            **{k: meta[k] for k in ("command", "git_revision", "date", "machine",
+                                    "versions")}}
         save()
 
     return record

@@ -186,7 +186,8 @@ def test_fair_budget_keeps_the_rounds_of_a_run_that_stops_early():
     import fair_budget as fb
 
     meta = {"command": "python benchmarks/fair_budget.py --methods ikd", "git_revision": "a" * 40,
-            "date": "2026-12-03T21:00:00+00:00", "machine": {"cpus": 2}}
+            "date": "2026-12-03T21:00:00+00:00", "machine": {"cpus": 2},
+            "versions": {"torch": "x"}}
     result, saves = {"teacher_budget": {}, "student": {}, "rounds": 3, "warmup_steps": 500,
                      "rows": {}, "runs": {}}, []
     record = fb.partial_recorder(result, "ikd/es/42", meta, lambda: saves.append(1))
@@ -196,6 +197,9 @@ def test_fair_budget_keeps_the_rounds_of_a_run_that_stops_early():
     record([r0])
     record([r0, r1])
     assert result["partial"]["ikd/es/42"]["rounds"] == [r0, r1] and len(saves) == 2
+    # the versions are the partial run's own: the footer's belong to the last finished row
+    assert result["partial"]["ikd/es/42"]["versions"] == {"torch": "x"}
+    assert "versions" not in result
     fb.partial_recorder(result, "ikd/es/42", meta, lambda: saves.append(1))([r0])  # a rerun
     assert result["partial"]["ikd/es/42"]["rounds"] == [r0, r1] and len(saves) == 2
     assert result["partial"]["ikd/es/42"]["of"] == 3
