@@ -165,13 +165,12 @@ def teacher_record(result: dict, seed: int, teacher: Path) -> dict:
            "seconds": summary.get("seconds")}
     teachers = result.setdefault("teachers", {})
     old = teachers.get(str(seed))
-    same = old is not None and all(old.get(k) == now[k] for k in ("dir", "steps", "en_dev_f1")
-                                   if old.get(k) is not None)
-    if old is not None and not same:
+    if old is not None and all(old.get(k) == now[k] for k in ("dir", "steps", "en_dev_f1")
+                               if old.get(k) is not None):  # the same teacher: keep its scores
+        now.update(target_f1=old.get("target_f1", {}), replaced=old.get("replaced"))
+    elif old is not None:
         now["replaced"] = old
-    teachers[str(seed)] = {**now, **({"target_f1": old.get("target_f1", {}),
-                                      "replaced": old.get("replaced")} if same else {})}
-    teachers[str(seed)] = {k: v for k, v in teachers[str(seed)].items() if v is not None}
+    teachers[str(seed)] = {k: v for k, v in now.items() if v is not None}
     return teachers[str(seed)]
 
 
@@ -390,11 +389,14 @@ def main(argv=None) -> int:
                     continue
                 t0 = time.time()
                 key = f"{method}/{lang}/{seed}"
-                base = teacher_f1(record, lang, data)
-                cell[str(seed)] = {**run_one(method, lang, seed, teacher, out, data,
-                                             result["rows"],
-                                             partial_recorder(result, key, meta, save, base)),
-                                   "teacher_f1": base}
+                if method == "direct":  # the teacher's own evaluation: no second one
+                    row = run_one(method, lang, seed, teacher, out, data, result["rows"])
+                    base = record.setdefault("target_f1", {})[lang] = row["f1"]
+                else:
+                    base = teacher_f1(record, lang, data)
+                    row = run_one(method, lang, seed, teacher, out, data, result["rows"],
+                                  partial_recorder(result, key, meta, save, base))
+                cell[str(seed)] = {**row, "teacher_f1": base}
                 result["runs"][key] = {**{k: meta[k] for k in ("command", "git_revision",
                                                                  "date", "machine")},
                                        "seconds": round(time.time() - t0, 1)}
