@@ -397,10 +397,12 @@ def main(argv=None) -> int:
                     row = run_one(method, lang, seed, teacher, out, data, result["rows"],
                                   partial_recorder(result, key, meta, save, base))
                 cell[str(seed)] = {**row, "teacher_f1": base}
+                part = result.get("partial", {}).pop(key, None)  # the row supersedes them
+                earlier = resumed_rounds(part, {k: meta[k] for k in ("git_revision", "date")})
                 result["runs"][key] = {**{k: meta[k] for k in ("command", "git_revision",
                                                                  "date", "machine")},
-                                       "seconds": round(time.time() - t0, 1)}
-                result.get("partial", {}).pop(key, None)  # the row supersedes its rounds
+                                       "seconds": round(time.time() - t0, 1),
+                                       **({"resumed_rounds": earlier} if earlier else {})}
                 result["versions"] = meta["versions"]  # the last row's (the .md footer)
                 print(f"[bench] {key}: F1 {cell[str(seed)]['f1']:.4f}", flush=True)
                 save()
@@ -415,18 +417,39 @@ def partial_recorder(result: dict, key: str, meta: dict, save,
     them. A record with more rounds is not replaced by one with fewer (a rerun on a machine
     without the earlier store starts at round 0 again)."""
 
+    here = {k: meta[k] for k in ("git_revision", "date")}
+
     def record(rounds: list[dict]) -> None:
         old = result.get("partial", {}).get(key)
         if old is not None and len(old["rounds"]) > len(rounds):
             return
         result.setdefault("partial", {})[key] = {
-            "rounds": rounds, "of": ROUNDS if not key.startswith(tuple(RULES)) else 1,
+            "rounds": made_by(rounds, old, here), "of": ROUNDS if not key.startswith(tuple(RULES)) else 1,
             **({"teacher_f1": base} if base is not None else {}),
             **{k: meta[k] for k in ("command", "git_revision", "date", "machine",
                                     "versions")}}
         save()
 
     return record
+
+
+def made_by(rounds: list[dict], old: Optional[dict], here: dict) -> list[dict]:
+    """``rounds`` with the revision and date of the run that trained each (``made_by``): a
+    resumed run reports the rounds it found in the store again, and those keep the earlier
+    run's provenance when they are the same rounds (same F1), not the resuming run's."""
+    def earlier(r: dict) -> Optional[dict]:
+        prev = {p["round"]: p for p in (old or {}).get("rounds", [])}.get(r["round"])
+        if prev is None or prev.get("f1") != r.get("f1"):
+            return None
+        return prev.get("made_by") or {k: old[k] for k in here}
+
+    return [{**r, "made_by": earlier(r) or here} for r in rounds]
+
+
+def resumed_rounds(partial: Optional[dict], here: dict) -> list[dict]:
+    """The rounds of a finished row that an earlier run trained (from its partial record)."""
+    return [{"round": r["round"], **r["made_by"]} for r in (partial or {}).get("rounds", [])
+            if r.get("made_by") and r["made_by"] != here]
 
 
 def mean_std(values: list[float]) -> str:
@@ -530,16 +553,18 @@ def markdown(r: dict) -> str:
         for key, v in sorted(partial.items()):
             m, l, seed = key.split("/")
             for rd in v["rounds"]:
+                made = rd.get("made_by") or v
                 types = ", ".join(f"{t} {f:.3f}" for t, f in sorted(rd.get("per_type", {})
                                                                         .items()))
                 teacher = (f"; its teacher {v['teacher_f1']:.4f}" if v.get("teacher_f1")
                            is not None else "")
                 lines.append(f"| {NAMES[m]} | {l} | {seed} | {rd['round'] + 1} of {v['of']} | "
                              f"{rd['f1']:.4f} | {rd['source_dev_f1']:.4f} | {types}{notes(rd)}"
-                             f"{teacher} | {v['git_revision'][:10]}, {v['date'][:10]} |")
+                             f"{teacher} | {made['git_revision'][:10]}, {made['date'][:10]} |")
     lines += ["", "The combined job runs on es only: its projection needs a parallel corpus, and "
               "the one here is en-es (the Bible).",
-              "", "Runs (command, revision, date, seconds) per row: the .json `runs`.", ""]
+              "", "Runs (command, revision, date, seconds) per row: the .json `runs`; a row that "
+              "resumed an earlier run's rounds names their revisions (`resumed_rounds`).", ""]
     return "\n".join(lines + last_run_footer(r)) + "\n"
 
 

@@ -196,12 +196,16 @@ def test_fair_budget_keeps_the_rounds_of_a_run_that_stops_early():
     r1 = {"round": 1, "f1": 0.67, "source_dev_f1": 0.76}
     record([r0])
     record([r0, r1])
-    assert result["partial"]["ikd/es/42"]["rounds"] == [r0, r1] and len(saves) == 2
+    made = {"git_revision": "a" * 40, "date": "2026-12-03T21:00:00+00:00"}
+    assert result["partial"]["ikd/es/42"]["rounds"] == [{**r0, "made_by": made},
+                                                        {**r1, "made_by": made}]
+    assert len(saves) == 2
     # the versions are the partial run's own: the footer's belong to the last finished row
     assert result["partial"]["ikd/es/42"]["versions"] == {"torch": "x"}
     assert "versions" not in result
     fb.partial_recorder(result, "ikd/es/42", meta, lambda: saves.append(1))([r0])  # a rerun
-    assert result["partial"]["ikd/es/42"]["rounds"] == [r0, r1] and len(saves) == 2
+    assert [r["f1"] for r in result["partial"]["ikd/es/42"]["rounds"]] == [0.69, 0.67]
+    assert len(saves) == 2
     assert result["partial"]["ikd/es/42"]["of"] == 3
     fb.partial_recorder(result, "conf/es/42", meta, lambda: None)([r0])  # Table 7: 1 round
     assert result["partial"]["conf/es/42"]["of"] == 1
@@ -210,6 +214,37 @@ def test_fair_budget_keeps_the_rounds_of_a_run_that_stops_early():
             "pseudo-label F1 0.6480 | aaaaaaaaaa, 2026-12-03 |") in md
     assert "| 2 of 3 | 0.6700 | 0.7600 |" in md
     assert "| Iterative KD (RIKD w/o RL) | 0." not in md  # no mean row from a partial run
+
+
+def test_fair_budget_resumed_rounds_keep_the_revision_that_trained_them():
+    """A run resumed from the store reports the rounds it found again: those keep the earlier
+    run's revision and date (``made_by``), a round trained anew (other F1) gets the new run's,
+    and the finished row lists the earlier rounds in its ``runs`` record."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import fair_budget as fb
+
+    def meta(rev: str, date: str) -> dict:
+        return {"command": "c", "git_revision": rev * 40, "date": date, "machine": {},
+                "versions": {}}
+
+    result = {"teacher_budget": {}, "student": {}, "rounds": 3, "warmup_steps": 500,
+              "rows": {}, "runs": {}}
+    r0 = {"round": 0, "f1": 0.69, "source_dev_f1": 0.8}
+    r1 = {"round": 1, "f1": 0.70, "source_dev_f1": 0.8}
+    fb.partial_recorder(result, "ikd/es/42", meta("a", "2026-12-03"), lambda: None)([r0, r1])
+    second = meta("b", "2026-12-04")
+    record = fb.partial_recorder(result, "ikd/es/42", second, lambda: None)
+    r1b, r2 = {**r1, "f1": 0.71}, {"round": 2, "f1": 0.72, "source_dev_f1": 0.8}
+    record([r0, r1b])   # round 1 trained again: a different model
+    record([r0, r1b, r2])
+    rounds = result["partial"]["ikd/es/42"]["rounds"]
+    assert [r["made_by"]["git_revision"][0] for r in rounds] == ["a", "b", "b"]
+    assert "| 1 of 3 | 0.6900 |" in fb.markdown(result)
+    assert "aaaaaaaaaa, 2026-12-03 |" in fb.markdown(result)
+    here = {"git_revision": "b" * 40, "date": "2026-12-04"}
+    assert fb.resumed_rounds(result["partial"]["ikd/es/42"], here) == [
+        {"round": 0, "git_revision": "a" * 40, "date": "2026-12-03"}]
+    assert fb.resumed_rounds(None, here) == []
 
 
 def test_rikd_policy_toy_records_the_trajectory(tmp_path):
@@ -295,3 +330,30 @@ def test_fair_budget_rikd_kt_holds_table6s_keep_rate(tmp_path, monkeypatch):
         fb.run_one(method, lang, 42, teacher, tmp_path, data, {})
     assert [(c.keep_target, c.rounds, c.reinforce) for c in seen] == [
         (0.612, 3, True), (0.433, 3, True), (None, 3, True)]
+
+
+@pytest.mark.slow
+def test_train_threads_measures_each_thread_count_in_the_worker(ray_cluster, tiny_model_dir,
+                                                                 tmp_path):
+    """``benchmarks/train_threads.py``: every thread count trains the given steps through Ray
+    Train with that many torch threads in the worker, and the table compares them."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_threads
+
+    from xner_ray.demo import sample_path
+
+    data = tmp_path / "data" / "conll2003-en"
+    data.mkdir(parents=True)
+    for name in ("train", "dev"):
+        blocks = sample_path(f"en.{name}.txt").read_text(encoding="utf-8").split("\n\n")[:48]
+        (data / f"{name}.txt").write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
+    assert train_threads.main(["--model", str(tiny_model_dir), "--layers", "2", "--steps", "2",
+                               "--reps", "1", "--data-dir", str(tmp_path / "data"),
+                               "--dev-limit", "10", "--results", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "train_threads_cpu.json").read_text())
+    assert [(run["threads"], run["threads_in_worker"], run["steps"]) for run in r["runs"]] == [
+        (1, 1, 2), (2, 2, 2)]
+    assert [row["threads"] for row in r["rows"]] == [1, 2] and r["rows"][0]["speedup"] == 1.0
+    assert all(row["s_per_step_median"] > 0 for row in r["rows"])
+    assert not list(tmp_path.glob("xner-train-threads-*"))  # model folders deleted
+    assert "| 2 | " in (tmp_path / "train_threads_cpu.md").read_text()

@@ -37,6 +37,8 @@ def test_unknown_and_missing_keys_are_named():
 def test_bad_values_raise_at_construction():
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         TeacherConfig(train="a", dev="b", out="o", epochs=0)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        TeacherConfig(train="a", dev="b", out="o", threads=0)
     with pytest.raises(SystemExit):
         _parser().parse_args(["--freeze-embeddings", "maybe"])
 

@@ -28,7 +28,7 @@ def test_train_teacher_with_ray_train_then_evaluate(ray_cluster, tiny_model_dir,
     out = tmp_path / "teacher"
     # length_group 4: batches cut from 64-row groups sorted by length, still 6 steps an epoch
     cfg = TeacherConfig(train=str(train), dev=str(dev), out=str(out), model=str(tiny_model_dir),
-                        epochs=2, batch_size=16, lr=1e-3, length_group=4)
+                        epochs=2, batch_size=16, lr=1e-3, length_group=4, threads=2)
     assert train_teacher(cfg) == out
 
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
@@ -39,6 +39,8 @@ def test_train_teacher_with_ray_train_then_evaluate(ray_cluster, tiny_model_dir,
     assert summary["n_train"] == 96 and summary["n_dev"] == 40
     assert summary["rejects"]["dev"] == {"malformed_line": 1}
     assert summary["best"]["epoch"] in (1, 2) and summary["best"]["step"] in (6, 12)
+    # threads: 2 over the cluster's derived 1 (a 1-CPU worker), as used in the worker
+    assert summary["best"]["threads"] == 2 and summary["workers"]["torch_threads"] == 2
     rejected = [json.loads(l) for l in (out / "rejects.jsonl").read_text().splitlines()]
     assert [(r["reason"], r["raw"]) for r in rejected] == [
         ("malformed_line", "en:Broken")]

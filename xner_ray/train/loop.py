@@ -47,6 +47,11 @@ class TrainConfig:
                                      metadata={"help": "score only the first N dev sentences"})
     num_workers: Optional[int] = field(default=None, metadata={"help": "default: from cluster"})
     use_gpu: Optional[bool] = field(default=None, metadata={"help": "default: if GPUs exist"})
+    threads: Optional[int] = field(default=None, metadata={
+        "help": "torch intra-op threads of each training worker; default its whole logical "
+                "CPUs (1 on a 2-CPU machine, where the other CPU is kept for the data "
+                "pipeline). More threads than logical CPUs share cores with Ray's other "
+                "tasks: measure it (benchmarks/train_threads.py)"})
     kd_loss: str = field(default="mse",
                          metadata={"help": "distillation loss of students: mse (TSL Eq. 3, RIKD "
                                            "Eq. 1) | kl (KL(teacher||student); not the papers')"})
@@ -74,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("batch_size >= 1, lr > 0 and 0 <= warmup_ratio < 1 are required")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.freeze_layers < 0 or (self.layers is not None and self.layers < 1):
             raise ValueError("freeze_layers must be >= 0 and layers >= 1")
         if self.kd_loss not in KD_LOSS_NAMES:
@@ -147,6 +154,8 @@ def fit(cfg: TrainConfig, *, step: type, labels: list[str], dataset, n_train: in
                     if remote else str(out.parent / "_checkpoints"))
     resolve(cfg.model)  # convert a builtin model once here, not in every worker
     res = derive_workers(cfg.num_workers, cfg.use_gpu)
+    if cfg.threads:  # recorded as used (the summary's ``workers``)
+        res = dataclasses.replace(res, torch_threads=cfg.threads)
     # Per-epoch lines from rank 0 are the progress of a training run; Ray Data's ingest bars
     # (one per epoch, re-drawn every second) would drown them.
     dataset.context.enable_progress_bars = False
@@ -336,6 +345,7 @@ def train_loop(config: dict) -> None:
                 break
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": mean_loss(losses),
                    "epoch_seconds": round(time.time() - t0, 1), "dev_f1": 0.0,
+                   "threads": torch.get_num_threads(),
                    **run_step.epoch_metrics()}
         if cfg.compile:  # graphs Dynamo has compiled in this worker so far
             from torch._dynamo.utils import counters
