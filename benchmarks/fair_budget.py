@@ -113,7 +113,8 @@ def committed_teacher(seed: int, shared: Path = DIRECT):
     return None
 
 
-def teacher_dir(seed: int, out: Path, data: Path, direct: Path = DIRECT) -> Path:
+def teacher_dir(seed: int, out: Path, data: Path, direct: Path = DIRECT,
+                threads: Optional[int] = None) -> Path:
     """The English teacher of ``seed``: the direct-transfer CPU teacher ``direct`` for its own
     seed when its config is this budget, else one trained here (once) on ``data``."""
     from xner_ray.cluster import init_ray
@@ -127,11 +128,13 @@ def teacher_dir(seed: int, out: Path, data: Path, direct: Path = DIRECT) -> Path
         init_ray()
         train_teacher(TeacherConfig(train=str(data / "conll2003-en/train.txt"),
                                     dev=str(data / "conll2003-en/dev.txt"), out=str(dest),
-                                    model="builtin:me5-small", seed=seed, **TEACHER))
+                                    model="builtin:me5-small", seed=seed, threads=threads,
+                                    **TEACHER))
     return dest
 
 
-def tladv_teachers(seed: int, out: Path, data: Path) -> list[str]:
+def tladv_teachers(seed: int, out: Path, data: Path, threads: Optional[int] = None
+                   ) -> list[str]:
     """AdvPicker's K TLADV teachers of ``seed`` (seeds ``seed``, ``seed + 1000``, ...), trained
     once into ``out/tladv-s<seed>`` and reused by every language and rerun."""
     from advpicker import BUDGETS as ADV_BUDGETS  # benchmarks/advpicker.py
@@ -147,7 +150,7 @@ def tladv_teachers(seed: int, out: Path, data: Path) -> list[str]:
         if not ((folder / "train_summary.json").exists() and has_discriminator(folder)):
             train_tladv(TladvConfig(
                 train=str(data / "conll2003-en/train.txt"), dev=str(data / "conll2003-en/dev.txt"),
-                out=str(folder), seed=seed + 1000 * k, **base,
+                out=str(folder), seed=seed + 1000 * k, threads=threads, **base,
                 unlabeled=[{"path": str(data / f"conll2002-{l}/train.txt"), "lang": l,
                             "fmt": "conll"} for l in LANGS]))
         folders.append(str(folder))
@@ -196,9 +199,13 @@ def teacher_steps(teacher: Path) -> int:
     return min(steps, summary["config"].get("max_steps") or steps)
 
 
-def student_budget(steps: int, n_sentences: int, seed: int) -> dict:
+def student_budget(steps: int, n_sentences: int, seed: int,
+                   threads: Optional[int] = None) -> dict:
+    """``threads``: torch threads of the training worker (``--train-threads``; not part of the
+    budget: the same steps and data, in a different arithmetic order)."""
     per_epoch = math.ceil(n_sentences / STUDENT["batch_size"])
-    return {**STUDENT, "epochs": math.ceil(steps / per_epoch), "max_steps": steps, "seed": seed}
+    return {**STUDENT, "epochs": math.ceil(steps / per_epoch), "max_steps": steps, "seed": seed,
+            **({"threads": threads} if threads else {})}
 
 
 def count_sentences(path: Path, lang: str) -> int:
@@ -208,7 +215,7 @@ def count_sentences(path: Path, lang: str) -> int:
 
 
 def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: Path,
-            rows: dict, on_round=None) -> dict:
+            rows: dict, on_round=None, threads: Optional[int] = None) -> dict:
     """One (method, language, seed) row: target dev scores (+ English dev F1 of students).
     ``on_round(rounds)``: a multi-round job's rounds so far (``rounds_of`` rows), after each."""
     from xner_ray.evaluate import evaluate_model
@@ -229,7 +236,7 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
     n_sentences = count_sentences(unlabeled, lang)
     # AdvPicker's student sees the kept top rho only: its epochs are counted over those
     student = student_budget(steps, n_kept(ADV["rho"], n_sentences)
-                             if method in ("adv", "comb") else n_sentences, seed)
+                             if method in ("adv", "comb") else n_sentences, seed, threads)
     target = {"lang": lang, "unlabeled": str(unlabeled), "fmt": "conll", "dev": str(dev)}
     # gold_eval: the train split's tags go to sentences.gold_tags to score the pseudo-labels
     # and the policy in SQL (label_quality); they train, select and choose nothing
@@ -243,7 +250,7 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
                 "seconds": s.get("seconds")}
     if method == "adv":
         s = run_advpicker(AdvPickerConfig(
-            run_id=run_id, out=str(out / run_id), teachers=tladv_teachers(seed, out, data),
+            run_id=run_id, out=str(out / run_id), teachers=tladv_teachers(seed, out, data, threads),
             rho=ADV["rho"], combine="chosen", **common))[lang]
         ensemble = s.get("target_dev_ensemble") or {}
         return {**s["target_dev"], "source_dev_f1": s["source_dev_f1"], "student": student,
@@ -254,7 +261,7 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
         from xner_ray.methods.combined import run_combined
 
         rounds = rounds_of(run_combined(combined_config(
-            run_id, lang, teacher, out, data, tladv_teachers(seed, out, data), common),
+            run_id, lang, teacher, out, data, tladv_teachers(seed, out, data, threads), common),
             round_hook(on_round, out, run_id, lang))[lang],
             label_quality(out / "store", run_id, lang))
         return {**rounds[-1], "rounds": rounds, "student": student}
@@ -350,6 +357,10 @@ def main(argv=None) -> int:
                    help="direct_transfer.py's CPU teacher: seed 42's teacher when its budget "
                         "matches (else one is trained under --out)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--train-threads", type=int, metavar="N",
+                   help="torch threads of every training worker (TrainConfig.threads; default "
+                        "as derived from the cluster: 1 on 2 CPUs); see "
+                        "benchmarks/results/train_threads_cpu.md")
     p.add_argument("--redo", action="store_true", help="run rows already in the results again")
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = p.parse_args(argv)
@@ -361,6 +372,8 @@ def main(argv=None) -> int:
     if args.render:
         dest.with_suffix(".md").write_text(markdown(result))
         return 0
+    if args.train_threads is not None and args.train_threads < 1:
+        p.error("--train-threads must be >= 1")
     if (result["teacher_budget"], result["student"]) != (TEACHER, STUDENT):
         p.error(f"{dest}.json was written with another budget; move it away first")
     meta = provenance()
@@ -376,7 +389,7 @@ def main(argv=None) -> int:
         dest.with_suffix(".md").write_text(markdown(result))
 
     for seed in args.seeds:
-        teacher = teacher_dir(seed, out, data, Path(args.direct_transfer))
+        teacher = teacher_dir(seed, out, data, Path(args.direct_transfer), args.train_threads)
         record = teacher_record(result, seed, teacher)
         for lang in args.langs:
             for method in args.methods:
@@ -395,13 +408,16 @@ def main(argv=None) -> int:
                 else:
                     base = teacher_f1(record, lang, data)
                     row = run_one(method, lang, seed, teacher, out, data, result["rows"],
-                                  partial_recorder(result, key, meta, save, base))
+                                  partial_recorder(result, key, meta, save, base),
+                                  args.train_threads)
                 cell[str(seed)] = {**row, "teacher_f1": base}
                 part = result.get("partial", {}).pop(key, None)  # the row supersedes them
                 earlier = resumed_rounds(part, {k: meta[k] for k in ("git_revision", "date")})
                 result["runs"][key] = {**{k: meta[k] for k in ("command", "git_revision",
                                                                  "date", "machine")},
                                        "seconds": round(time.time() - t0, 1),
+                                       **({"train_threads": args.train_threads}
+                                          if args.train_threads else {}),
                                        **({"resumed_rounds": earlier} if earlier else {})}
                 result["versions"] = meta["versions"]  # the last row's (the .md footer)
                 print(f"[bench] {key}: F1 {cell[str(seed)]['f1']:.4f}", flush=True)

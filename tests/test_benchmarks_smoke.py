@@ -64,6 +64,9 @@ def test_fair_budget_gives_students_the_teachers_steps_and_reports_seeds(tmp_pat
     es = fb.student_budget(1762, 8323, seed=43)  # 521 steps an epoch: 4 epochs, capped
     nl = fb.student_budget(1762, 15806, seed=43)  # 988 an epoch: 2 epochs
     assert (es["epochs"], es["max_steps"], nl["epochs"], es["seed"]) == (4, 1762, 2, 43)
+    # --train-threads: the workers' torch threads, outside the budget (same steps and data)
+    assert "threads" not in es
+    assert fb.student_budget(1762, 8323, seed=43, threads=2) == {**es, "threads": 2}
     rows = {"direct": {"es": {"42": {"f1": 0.60}, "43": {"f1": 0.70}}},
             "tsl": {"es": {"42": {"f1": 0.64, "source_dev_f1": 0.9, "per_type": {"PER": 0.8}},
                            "43": {"f1": 0.72, "source_dev_f1": 0.9}}}}
