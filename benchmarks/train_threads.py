@@ -10,9 +10,13 @@ time (``epoch_seconds`` of the summary: steps and their data ingest, no start-up
 scoring) over its steps; whole-run wall time is given beside it.
 
     python benchmarks/train_threads.py --steps 150 --threads 1 2 --reps 2
+    python benchmarks/train_threads.py --shape student --corpus conll2002-es \
+        --name train_threads_cpu_student_es
 
-Writes ``benchmarks/results/train_threads_cpu.{json,md}``. Each run's model folder (~430 MB)
-is deleted once read.
+``--shape student``: the fair-budget students' shape instead (``fair_budget.STUDENT``: also
+the bottom 3 layers frozen, lr 3e-4), trained here on gold tags (the same forward and backward
+as distillation's; only the loss differs). Writes ``benchmarks/results/<--name>.{json,md}``
+(default ``train_threads_cpu``). Each run's model folder (~430 MB) is deleted once read.
 """
 
 from __future__ import annotations
@@ -33,14 +37,14 @@ from direct_transfer import BUDGETS  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_once(threads: int, budget: dict, data: Path, work: Path, seed: int, dev_limit: int,
+def run_once(threads: int, budget: dict, corpus: Path, work: Path, seed: int, dev_limit: int,
              model: str) -> dict:
     from xner_ray.train.teacher import TeacherConfig, train_teacher
 
     out, steps = work / f"t{threads}", budget["max_steps"]
     t0 = time.perf_counter()
-    train_teacher(TeacherConfig(train=str(data / "conll2003-en/train.txt"),
-                                dev=str(data / "conll2003-en/dev.txt"), out=str(out),
+    train_teacher(TeacherConfig(train=str(corpus / "train.txt"),
+                                dev=str(corpus / "dev.txt"), out=str(out),
                                 model=model, seed=seed, dev_limit=dev_limit, threads=threads,
                                 **budget))
     wall = time.perf_counter() - t0
@@ -69,8 +73,9 @@ def summarize(runs: list[dict], threads: list[int]) -> list[dict]:
 
 def markdown(r: dict) -> str:
     lines = ["# Training worker threads (cpu)", "",
-             f"Fair-budget teacher shape (`direct_transfer.py` CPU budget) of "
-             f"`{r['model']}`: {r['budget']}; {r['steps']} steps of the real Ray Train loop per run; cluster "
+             f"Fair-budget {r.get('shape', 'teacher')} shape of "
+             f"`{r['model']}` on {r.get('corpus', 'conll2003-en')} train: {r['budget']}; "
+             f"{r['steps']} steps of the real Ray Train loop per run; cluster "
              f"{r['cluster']}; the worker's CPU request as derived from the cluster "
              f"({r['workers']}), only its torch threads set. Runs interleaved, "
              f"{r['reps']} repetition(s); measuring took {r['seconds']} s.", "",
@@ -95,9 +100,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dev-limit", type=int, default=200)
     p.add_argument("--model", default="builtin:me5-small")
+    p.add_argument("--shape", choices=["teacher", "student"], default="teacher")
     p.add_argument("--layers", type=int, default=BUDGETS["cpu"]["layers"],
                    help="bottom encoder layers kept (the CPU budget's 6; tests use a tiny model)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--corpus", default="conll2003-en",
+                   help="folder under --data-dir with train.txt and dev.txt (gold tags); "
+                        "conll2002-es: the students' sentence lengths (twice CoNLL-2003's)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default="train_threads_cpu")
     args = p.parse_args(argv)
@@ -107,20 +116,25 @@ def main(argv=None) -> int:
     from xner_ray.cluster import cluster_cpus_gpus, derive_workers, init_ray
 
     init_ray()
-    budget = {**BUDGETS["cpu"], "max_steps": args.steps, "layers": args.layers}
+    shape = BUDGETS["cpu"]
+    if args.shape == "student":
+        from fair_budget import STUDENT
+
+        shape = {**shape, **{k: v for k, v in STUDENT.items() if k != "dev_limit"}}
+    budget = {**shape, "max_steps": args.steps, "layers": args.layers}
     t0 = time.perf_counter()
     runs = []
     with tempfile.TemporaryDirectory(prefix="xner-train-threads-") as tmp:
         for rep in range(args.reps):
             for t in args.threads:
-                run = run_once(t, budget, Path(args.data_dir), Path(tmp), args.seed,
+                run = run_once(t, budget, Path(args.data_dir) / args.corpus, Path(tmp), args.seed,
                                args.dev_limit, args.model)
                 runs.append({**run, "rep": rep})
                 print(f"[bench] rep {rep} threads {t}: {run['s_per_step']:.3f} s/step "
                       f"(worker had {run['threads_in_worker']}), {run['wall_s']} s", flush=True)
     res = derive_workers()
     result = {**meta, "benchmark": "train_threads", "steps": args.steps, "reps": args.reps,
-              "model": args.model, "budget": budget,
+              "model": args.model, "shape": args.shape, "corpus": args.corpus, "budget": budget,
               "cluster": dict(zip(("CPU", "GPU"), cluster_cpus_gpus())),
               "workers": {"num_workers": res.num_workers, "cpus_per_worker": res.cpus_per_worker,
                           "derived_threads": res.torch_threads},
