@@ -28,8 +28,11 @@ its last round); target dev labels score the rows and choose nothing.
     python benchmarks/fair_budget.py --methods comb --langs es --seeds 42  # combined (after adv)
     python benchmarks/fair_budget.py --render                           # rewrite the .md
 
-Cost on 2 CPUs: a teacher or a student ~25-30 min (1,762 steps), labeling es ~2-5 min and
-nl ~4-9 min; TSL ~0.5 h per language and seed, iterative KD and RIKD ~1.5 h (3 rounds);
+Cost on 2 CPUs: a teacher or a student ~25-40 min (1,762 steps; seed 42's teacher took 37 min
+on 2026-12-03, a RIKD es round with its labeling and scoring 44 min on 2026-12-04), labeling
+es ~2-5 min and nl ~4-9 min; TSL ~0.5 h per language and seed, iterative KD and RIKD ~1.5-2.2 h
+(3 rounds); ``--train-threads 2`` gives the training workers both cores
+(``benchmarks/results/train_threads_cpu*.md``);
 AdvPicker ~2 h per seed for its two TLADV teachers (shared by es and nl) + ~0.5 h per language;
 the combined job reuses those teachers and adds the projection (aligner, 4,000 projected verses,
 target model) and 3 RIKD rounds, ~2.5 h. Runs
@@ -360,7 +363,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-threads", type=int, metavar="N",
                    help="torch threads of every training worker (TrainConfig.threads; default "
                         "as derived from the cluster: 1 on 2 CPUs); see "
-                        "benchmarks/results/train_threads_cpu.md")
+                        "benchmarks/results/train_threads_cpu.md. It is part of a run's "
+                        "student config: resume a run with the value it started with")
     p.add_argument("--redo", action="store_true", help="run rows already in the results again")
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = p.parse_args(argv)
