@@ -243,7 +243,8 @@ def start_ray() -> dict:
 
 
 def actor_layout(model: Path, tmp: Path, args) -> dict:
-    """The actor pools of the Ray path, read off the plan ``label()`` builds."""
+    """The stage pools of the Ray path (warm tasks or actors), read off the plan ``label()``
+    builds."""
     from xner_ray.cluster import LIGHT_CPUS
     from xner_ray.labeling.pipeline import _teacher_resources, build_plan
 
@@ -254,7 +255,8 @@ def actor_layout(model: Path, tmp: Path, args) -> dict:
         names = ([c.__name__ for c, _, _ in s.args[0]] if s.cls.__name__ == "_Chain"
                  else [s.cls.__name__])
         pools.append({"stages": "+".join(names), "num_cpus": s.num_cpus,
-                      "num_gpus": s.num_gpus, "actors": [s.min_actors, s.max_actors]})
+                      "num_gpus": s.num_gpus, "actors": [s.min_actors, s.max_actors],
+                      "workers": "warm tasks" if s.runs_warm else "actors"})
     return {"read_tasks": {"num_cpus": plan.read_cpus, "per": "input file"},
             "pools": pools, "write_tasks": {"num_cpus": LIGHT_CPUS},
             "teacher_stage": _teacher_resources(cfg)}
@@ -374,13 +376,15 @@ def _md_header(r: dict) -> list[str]:
         f"the same model, blocks and work (same stages, selector `{b['selector']}`, same "
         "sink: the engine's in-process runner). Sentences: CoNLL-2002 es train read as "
         "unlabeled text, cycled when a "
-        "size exceeds the file. Times include model loading on both sides; the Ray time also "
-        "includes actor start-up.", "",
+        "size exceeds the file. Times include building the stages (model loading) on both "
+        "sides; the Ray time also includes starting its workers. After the untimed warm-up "
+        "job, both sides keep their processes: the plain loop its own (imports, cached "
+        "tokenizer), Ray its warm workers (CPU stages; `engine.Stage.warm`).", "",
         f"Budget: model `{b['model']}`{depth}, batch {b['batch_size']}, block_rows "
         f"{b['block_rows']}, max_length {b['max_length']}, plain-loop torch threads "
         f"{b['plain_threads']}; {b['reps']} repetitions per size, interleaved Ray, plain"
         + (", HF" if b["hf_pipeline"] else "") + f"; measuring took {r['measure_seconds']} s.", "",
-        (f"Actor pools (in order): {layout['pools']}; teacher {layout['teacher_stage']}; "
+        (f"Stage pools (in order): {layout['pools']}; teacher {layout['teacher_stage']}; "
          f"read tasks {layout['read_tasks']}, write tasks {layout['write_tasks']} "
          f"(layout: {b.get('ray_layout', 'auto')})." if "pools" in layout else
          f"Actor layout: teacher {layout['teacher_stage']}, subword stage "
@@ -417,7 +421,7 @@ def _md_notes(r: dict) -> list[str]:
     threads = r["actor_layout"]["teacher_stage"]["threads"]
     notes = ["ray/plain > 1: Ray is faster. Same tags: share of sentences (first repetition) "
              "whose Viterbi tags match between the two stores.",
-             f"The Ray teacher actor runs {threads} torch thread(s), the plain loop "
+             f"Each Ray teacher worker runs {threads} torch thread(s), the plain loop "
              f"{b['plain_threads']}; `--plain-threads {threads}` gives a thread-for-thread "
              "comparison."]
     if b["hf_pipeline"]:

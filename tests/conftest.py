@@ -30,8 +30,11 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
+        from xner_ray.cluster import local_system_config
+
         ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 log_to_driver=True, logging_level="WARNING")
+                 log_to_driver=True, logging_level="WARNING",
+                 _system_config=local_system_config(2))
     yield ray
     ray.shutdown()
 

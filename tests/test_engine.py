@@ -182,3 +182,61 @@ def test_actors_of_a_multi_thread_stage_size_their_openmp_pool(ray_cluster, tmp_
     plan.stages = [engine.fuse([engine.Stage(ThreadEnv)],
                                like=engine.Stage(ThreadEnv, num_cpus=0.5, threads=3))]
     assert {y for _, y in _rows(engine.run(plan))} == {3}
+
+
+class WhoAmI:
+    """Tags each row with the worker process and the stage instance that labeled it."""
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        import os
+
+        n = table.num_rows
+        return (table.append_column("pid", pa.array([os.getpid()] * n))
+                .append_column("inst", pa.array([id(self)] * n)))
+
+
+def _who(records) -> dict:
+    tables = [pq.read_table(r["path"]).select(["pid", "inst"]) for r in records]
+    t = pa.concat_tables(tables).to_pydict()
+    who: dict = {}
+    for pid, inst in zip(t["pid"], t["inst"]):
+        who.setdefault(pid, set()).add(inst)
+    return who
+
+
+def test_cpu_stages_run_in_warm_workers_and_gpu_stages_in_actors():
+    assert engine.Stage(Double).runs_warm
+    assert not engine.Stage(Double, num_gpus=1).runs_warm
+    assert not engine.Stage(Double, warm=False).runs_warm
+    fused = engine.fuse([engine.Stage(Double)], like=engine.Stage(Double, warm=False))
+    assert fused.warm is False and engine._pool_name(fused) == "Double"
+    env = engine.worker_env(2, pool="A")["runtime_env"]["env_vars"]
+    assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "XNER_WORKER_POOL": "A"}
+
+
+def test_a_warm_worker_builds_a_stage_once_per_run_and_keeps_two_runs():
+    engine._WARM.clear()
+    t = pa.table({"i": [1, 2]})
+    spec = (WhoAmI, (), {})
+    first = engine._warm_call(t, key=("run1", 0), spec=spec).column("inst")[0].as_py()
+    assert engine._warm_call(t, key=("run1", 0), spec=spec).column("inst")[0].as_py() == first
+    second = engine._warm_call(t, key=("run2", 0), spec=spec).column("inst")[0].as_py()
+    assert second != first  # never shared between runs
+    engine._warm_call(t, key=("run3", 0), spec=spec)
+    assert sorted({k[0] for k in engine._WARM}) == ["run2", "run3"]  # run1's stage freed
+    engine._WARM.clear()
+
+
+@pytest.mark.slow
+def test_a_second_run_reuses_the_first_runs_worker_processes(ray_cluster, tmp_path):
+    """Warm workers outlive a run (the cluster keeps idle workers: local_system_config) and
+    build a new stage instance in each run: one instance per process and run."""
+    runs = []
+    for name in ("w1", "w2"):
+        plan = _plan(tmp_path, name)
+        plan.stages = [engine.Stage(WhoAmI, batch_size=3, num_cpus=0.5, max_actors=2)]
+        runs.append(_who(engine.run(plan)))
+    for who in runs:
+        assert all(len(insts) == 1 for insts in who.values()), who
+    assert set(runs[1]) <= set(runs[0]), runs  # no new process in the second run
+    assert not set().union(*runs[0].values()) & set().union(*runs[1].values())

@@ -52,10 +52,27 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         runtime_env = {"worker_process_setup_hook": "xner_ray.logs.quiet_ray_worker"} \
             if quiet else None
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 runtime_env=runtime_env, **kwargs)
+                 runtime_env=runtime_env, _system_config=local_system_config(num_cpus),
+                 **kwargs)
     if quiet:
         logs.quiet_ray_data()
     check_workers()
+
+
+IDLE_WORKERS_ABOVE_CPUS = 8
+
+
+def local_system_config(num_cpus: Optional[int] = None) -> dict:
+    """Ray settings of a private local cluster: keep idle workers alive (``engine``'s warm
+    workers). Ray retires idle workers beyond ``num_workers_soft_limit`` (default: the
+    node's CPUs) after a second; on a small node the pipeline's own processes (two
+    teacher workers, read and write workers, Ray Data's helper actors, the progress
+    counter) already exceed it, so every run would start its workers cold again. A value
+    in ``$RAY_num_workers_soft_limit`` wins (the same setting for ``ray start`` nodes)."""
+    if os.environ.get("RAY_num_workers_soft_limit", "").strip():
+        return {}
+    cpus = num_cpus or os.cpu_count() or 1
+    return {"num_workers_soft_limit": int(cpus) + IDLE_WORKERS_ABOVE_CPUS}
 
 
 def _package_file() -> str:

@@ -9,6 +9,13 @@ the stages' resources, write tasks -- and returns the sink's records; :func:`run
 the same in this process, with the same signature, for tests and baselines. No row reaches
 the driver on either path: the driver plans, then commits from the records.
 
+Where stages run: a GPU stage in an actor pool (each actor holds its model and device). A
+CPU-only stage in *warm workers*: Ray tasks in worker processes that outlive the run, each
+building the stage once per run and process (:func:`_warm_call`), so a run pays no process
+start, no ``import torch``/``transformers`` and no tokenizer load once a worker has done them
+(on 2 CPUs that was ~5 s of CPU per actor and run, next to ~0.05 s in a warm worker; see
+docs/DECISIONS.md). ``Stage.warm`` overrides the choice.
+
 Whole-set decisions (top-rho selectors) also stay off the driver: :func:`exact_cutoffs` sorts
 the ranking keys with Ray Data and fetches the one block that holds the cut-off row.
 """
@@ -42,6 +49,13 @@ class Stage:
     # of 1 under torch.set_num_threads(2) was slower than one sized at start in a one-off
     # timing, not yet in a benchmark)
     threads: int = 0
+    # warm workers (tasks, one instance per run and process) or an actor pool; None: warm
+    # workers for a CPU-only stage, actors for a GPU one
+    warm: Optional[bool] = None
+
+    @property
+    def runs_warm(self) -> bool:
+        return (not self.num_gpus) if self.warm is None else bool(self.warm)
 
 
 def fuse(stages: Sequence[Stage], like: Stage) -> Stage:
@@ -53,7 +67,7 @@ def fuse(stages: Sequence[Stage], like: Stage) -> Stage:
     specs = tuple((s.cls, s.args, s.kwargs) for s in stages)
     return Stage(_Chain, (specs,), batch_size=like.batch_size, num_cpus=like.num_cpus,
                  num_gpus=like.num_gpus, min_actors=like.min_actors, max_actors=like.max_actors,
-                 threads=like.threads)
+                 threads=like.threads, warm=like.warm)
 
 
 class _Chain:
@@ -141,15 +155,35 @@ def dataset(items: list, read: Callable[[Any], Iterator[pa.Table]], *,
     return ray.data.read_datasource(_item_source(items, read, schema), num_cpus=read_cpus)
 
 
-def _apply_stages(ds, stages: Sequence[Stage], counter=None):
-    """The stages as actor pools; with ``counter``, the last stage's actors report the rows
-    that came through every stage (fire-and-forget calls to the counter actor)."""
-    from ray.data import ActorPoolStrategy
+def _apply_stages(ds, stages: Sequence[Stage], counter=None, token: Optional[str] = None):
+    """The stages as warm-worker tasks or actor pools (:attr:`Stage.runs_warm`); with
+    ``counter``, the last stage reports the rows that came through every stage
+    (fire-and-forget calls to the counter actor, under ``token``)."""
+    import uuid
 
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    token = token or uuid.uuid4().hex
     for i, s in enumerate(stages):
+        report = counter if i == len(stages) - 1 else None
+        if s.runs_warm:
+            ds = ds.map_batches(_warm_call, batch_size=s.batch_size, batch_format="pyarrow",
+                                fn_kwargs=dict(key=(token, i), spec=(s.cls, s.args, s.kwargs),
+                                               counter=report),
+                                compute=TaskPoolStrategy(size=s.max_actors),
+                                num_cpus=s.num_cpus, num_gpus=s.num_gpus,
+                                **worker_env(s.threads, pool=_pool_name(s)))
+            # Ray Data's resource reservation splits the cluster evenly between a dataset's
+            # operators and lets a task pool exceed its share by one task only: beside the
+            # read and write operators, two 0.75-CPU teacher tasks never ran together on 2
+            # CPUs (actor pools are sized apart from it). Without it, tasks are bounded by
+            # the pool size and the cluster, and the executor's global object-store limit
+            # still holds the stream (benchmarks/streaming_memory.py).
+            ds.context.op_resource_reservation_enabled = False
+            continue
         cls, args, kwargs = s.cls, s.args, s.kwargs
-        if counter is not None and i == len(stages) - 1:
-            cls, args, kwargs = _Counted, (counter, s.cls, s.args, s.kwargs), {}
+        if report is not None:
+            cls, args, kwargs = _Counted, (report, token, s.cls, s.args, s.kwargs), {}
         ds = ds.map_batches(cls, fn_constructor_args=args, fn_constructor_kwargs=kwargs,
                             batch_size=s.batch_size, batch_format="pyarrow",
                             compute=ActorPoolStrategy(min_size=s.min_actors,
@@ -161,45 +195,109 @@ def _apply_stages(ds, stages: Sequence[Stage], counter=None):
 def thread_env(threads: int) -> dict:
     """Ray remote args that size an actor's OpenMP/MKL thread pools to ``threads`` (merged
     into the job's runtime env; nothing for one thread, Ray's own default)."""
-    if threads <= 1:
-        return {}
-    n = str(int(threads))
-    return {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}}}
+    return worker_env(threads)
+
+
+def worker_env(threads: int, pool: Optional[str] = None) -> dict:
+    """Ray remote args for a stage's workers: OpenMP/MKL pools sized to ``threads`` (when
+    more than one; a fractional CPU request gets Ray's pool of 1) and, for warm workers, a
+    pool name. Ray hands a task only to an idle worker started with the same runtime env, so
+    the name keeps a stage's tasks in the processes that hold its imports and tokenizer
+    (instead of the read and write tasks' workers, where each would start cold)."""
+    env = {}
+    if threads > 1:
+        n = str(int(threads))
+        env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
+    if pool:
+        env["XNER_WORKER_POOL"] = pool
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def _pool_name(stage: Stage) -> str:
+    names = ([c.__name__ for c, _, _ in stage.args[0]] if stage.cls is _Chain
+             else [stage.cls.__name__])
+    return "+".join(names)
+
+
+# per worker process: {(run token, stage index): stage}, the last two runs' (see _warm_call)
+_WARM: dict = {}
+_WARM_RUNS = 2
+
+
+def _warm_call(batch, *, key: tuple, spec: tuple, counter=None):
+    """One stage call in a warm worker: the stage is built at the run's first call in this
+    process and kept for the run's later calls; a third run's first call here frees the
+    oldest run's stages (their models). Different runs never share an instance, so a stage
+    is built from its run's arguments as an actor's would be."""
+    stage = _WARM.get(key)
+    if stage is None:
+        runs = list(dict.fromkeys(k[0] for k in _WARM))
+        for old in runs[:max(0, len(runs) - _WARM_RUNS + 1)]:
+            for k in [k for k in _WARM if k[0] == old]:
+                del _WARM[k]
+        cls, args, kwargs = spec
+        stage = _WARM[key] = cls(*args, **kwargs)
+    out = stage(batch)
+    if counter is not None:
+        counter.add.remote(key[0], batch.num_rows)
+    return out
 
 
 class _Counted:
     """A stage that reports how many rows it processed to a counter actor."""
 
-    def __init__(self, counter, cls, args, kwargs):
-        self.counter, self.inner = counter, cls(*args, **kwargs)
+    def __init__(self, counter, token, cls, args, kwargs):
+        self.counter, self.token, self.inner = counter, token, cls(*args, **kwargs)
 
     def __call__(self, batch):
         out = self.inner(batch)
-        self.counter.add.remote(batch.num_rows)
+        self.counter.add.remote(self.token, batch.num_rows)
         return out
 
 
 class _RowCounter:
+    """Rows done per run (the runs of one driver share this actor: one process, not one per
+    run)."""
+
     def __init__(self):
-        self.n = 0
+        self.n: dict = {}
 
-    def add(self, n: int) -> None:
-        self.n += n
+    def add(self, token: str, n: int) -> None:
+        self.n[token] = self.n.get(token, 0) + n
 
-    def get(self) -> int:
-        return self.n
+    def get(self, token: str) -> int:
+        return self.n.get(token, 0)
+
+    def drop(self, token: str) -> None:
+        self.n.pop(token, None)
+
+
+_COUNTER: dict = {}  # (Ray job id, driver's node id) -> this driver's counter actor
+
+
+def _counter():
+    import ray
+
+    ctx = ray.get_runtime_context()  # a new cluster may number its jobs the same
+    job = (ctx.get_job_id(), ctx.get_node_id())
+    if job not in _COUNTER:
+        _COUNTER.clear()
+        _COUNTER[job] = ray.remote(num_cpus=0)(_RowCounter).remote()
+    return _COUNTER[job]
 
 
 def run_ray(plan: Plan) -> list[dict]:
     import threading
     import time
+    import uuid
 
     import ray
 
+    token = uuid.uuid4().hex
     with _progress(plan) as bar:
-        counter = None if bar is None else ray.remote(num_cpus=0)(_RowCounter).remote()
+        counter = None if bar is None else _counter()
         ds = _apply_stages(dataset(plan.items, plan.read, schema=plan.schema,
-                                   read_cpus=plan.read_cpus), plan.stages, counter)
+                                   read_cpus=plan.read_cpus), plan.stages, counter, token)
         if bar is None:
             return write(ds, plan.sink, rows_per_write=plan.rows_per_write)
         stop = threading.Event()
@@ -207,7 +305,7 @@ def run_ray(plan: Plan) -> list[dict]:
 
         def poll() -> None:
             try:
-                n = ray.get(counter.get.remote(), timeout=10)
+                n = ray.get(counter.get.remote(token), timeout=10)
             except Exception:  # a slow answer skips one update, nothing more
                 return
             bar.update(n - seen[0])
@@ -223,15 +321,19 @@ def run_ray(plan: Plan) -> list[dict]:
             records = write(ds, plan.sink, rows_per_write=plan.rows_per_write)
             stop.set()
             watcher.join(timeout=15)
-            for _ in range(10):  # the last counts: the stages finished before the writes
-                before = seen[0]  # did, and their reports may still be on the way
+            # the last counts: the stages finished before the writes did, and their
+            # fire-and-forget reports may still be on the way (up to ~2 s)
+            for _ in range(10):
+                before = seen[0]
                 poll()
-                if seen[0] == before:
+                if plan.total is not None and seen[0] >= plan.total:
+                    break
+                if seen[0] == before and seen[0] > 0:
                     break
                 time.sleep(0.2)
         finally:
             stop.set()
-            ray.kill(counter)
+            counter.drop.remote(token)
         return records
 
 
