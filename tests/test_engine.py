@@ -214,16 +214,18 @@ def test_cpu_stages_run_in_warm_workers_and_gpu_stages_in_actors():
     assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "XNER_WORKER_POOL": "A"}
 
 
-def test_a_warm_worker_builds_a_stage_once_per_run_and_keeps_two_runs():
+def test_a_warm_worker_builds_a_stage_once_per_run_and_frees_the_last_runs():
     engine._WARM.clear()
     t = pa.table({"i": [1, 2]})
     spec = (WhoAmI, (), {})
     first = engine._warm_call(t, key=("run1", 0), spec=spec).column("inst")[0].as_py()
     assert engine._warm_call(t, key=("run1", 0), spec=spec).column("inst")[0].as_py() == first
+    engine._warm_call(t, key=("run1", 1), spec=spec)  # a second stage of the same run
+    assert sorted(engine._WARM) == [("run1", 0), ("run1", 1)]
+    kept = engine._WARM[("run1", 0)]
     second = engine._warm_call(t, key=("run2", 0), spec=spec).column("inst")[0].as_py()
-    assert second != first  # never shared between runs
-    engine._warm_call(t, key=("run3", 0), spec=spec)
-    assert sorted({k[0] for k in engine._WARM}) == ["run2", "run3"]  # run1's stage freed
+    assert second != id(kept)  # never shared between runs
+    assert sorted(engine._WARM) == [("run2", 0)]  # run1's stages freed
     engine._WARM.clear()
 
 
