@@ -435,7 +435,9 @@ def partial_recorder(result: dict, key: str, meta: dict, save,
     """``on_round`` for ``run_one``: the rounds a multi-round row has finished, in the results
     file's ``partial`` (not in any mean) -- a session that ends before the last round keeps
     them. A record with more rounds is not replaced by one with fewer (a rerun on a machine
-    without the earlier store starts at round 0 again)."""
+    without the earlier store starts at round 0 again), nor by a resumed run's report of the
+    rounds it found in the store (nothing trained by this run: the record keeps the command,
+    revision and date of the run that wrote it)."""
 
     here = {k: meta[k] for k in ("git_revision", "date")}
 
@@ -443,8 +445,11 @@ def partial_recorder(result: dict, key: str, meta: dict, save,
         old = result.get("partial", {}).get(key)
         if old is not None and len(old["rounds"]) > len(rounds):
             return
+        rows = made_by(rounds, old, here)
+        if old is not None and all(r["made_by"] != here for r in rows):
+            return
         result.setdefault("partial", {})[key] = {
-            "rounds": made_by(rounds, old, here), "of": ROUNDS if not key.startswith(tuple(RULES)) else 1,
+            "rounds": rows, "of": ROUNDS if not key.startswith(tuple(RULES)) else 1,
             **({"teacher_f1": base} if base is not None else {}),
             **{k: meta[k] for k in ("command", "git_revision", "date", "machine",
                                     "versions")}}

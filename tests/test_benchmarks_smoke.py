@@ -236,7 +236,10 @@ def test_fair_budget_resumed_rounds_keep_the_revision_that_trained_them():
     r1 = {"round": 1, "f1": 0.70, "source_dev_f1": 0.8}
     fb.partial_recorder(result, "ikd/es/42", meta("a", "2026-12-03"), lambda: None)([r0, r1])
     second = meta("b", "2026-12-04")
-    record = fb.partial_recorder(result, "ikd/es/42", second, lambda: None)
+    saves: list = []
+    record = fb.partial_recorder(result, "ikd/es/42", second, lambda: saves.append(1))
+    record([r0, r1])  # the resumed run reports the rounds it found: the record stays as is
+    assert result["partial"]["ikd/es/42"]["git_revision"] == "a" * 40 and not saves
     r1b, r2 = {**r1, "f1": 0.71}, {"round": 2, "f1": 0.72, "source_dev_f1": 0.8}
     record([r0, r1b])   # round 1 trained again: a different model
     record([r0, r1b, r2])
