@@ -246,15 +246,14 @@ def actor_layout(model: Path, tmp: Path, args) -> dict:
     """The stage pools of the Ray path (warm tasks or actors), read off the plan ``label()``
     builds."""
     from xner_ray.cluster import LIGHT_CPUS
+    from xner_ray.engine import stage_names
     from xner_ray.labeling.pipeline import _teacher_resources, build_plan
 
     cfg = label_config(model, tmp / "x.conll", tmp / "layout", args)
     plan = build_plan(cfg, [], sink=None, rejects=None)
     pools = []
     for s in plan.stages:
-        names = ([c.__name__ for c, _, _ in s.args[0]] if s.cls.__name__ == "_Chain"
-                 else [s.cls.__name__])
-        pools.append({"stages": "+".join(names), "num_cpus": s.num_cpus,
+        pools.append({"stages": stage_names(s), "num_cpus": s.num_cpus,
                       "num_gpus": s.num_gpus, "actors": [s.min_actors, s.max_actors],
                       "workers": "warm tasks" if s.runs_warm else "actors"})
     return {"read_tasks": {"num_cpus": plan.read_cpus, "per": "input file"},

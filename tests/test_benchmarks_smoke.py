@@ -363,3 +363,17 @@ def test_train_threads_measures_each_thread_count_in_the_worker(ray_cluster, tin
     assert all(row["s_per_step_median"] > 0 for row in r["rows"])
     assert not list(tmp_path.glob("xner-train-threads-*"))  # model folders deleted
     assert "| 2 | " in (tmp_path / "train_threads_cpu.md").read_text()
+
+
+def test_worker_startup_times_each_cold_step_and_the_warm_rebuild(tmp_path):
+    """``benchmarks/worker_startup.py`` on the tests' tiny model: every step timed in a fresh
+    process, and rebuilding both stages in that process costs less than the cold start."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import worker_startup as ws
+
+    assert ws.main(["--model", "tiny", "--reps", "1", "--work", str(tmp_path / "work"),
+                    "--results", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "worker_startup_cpu.json").read_text())
+    assert list(r["steps"]) == list(ws.STEPS)
+    assert all(v["cpu_s"] >= 0 and v["wall_s"] > 0 for v in r["steps"].values())
+    assert r["warm_cpu_s"] < r["cold_cpu_s"]

@@ -177,7 +177,7 @@ class ThreadEnv:
 def test_actors_of_a_multi_thread_stage_size_their_openmp_pool(ray_cluster, tmp_path):
     """``Stage.threads`` > 1 reaches the actors' environment before torch starts (Ray's
     default for a fractional CPU request is a pool of 1); one thread keeps Ray's default."""
-    assert engine.thread_env(1) == {}
+    assert engine.worker_env(1) == {}
     plan = _plan(tmp_path, "threads")
     plan.stages = [engine.fuse([engine.Stage(ThreadEnv)],
                                like=engine.Stage(ThreadEnv, num_cpus=0.5, threads=3))]
@@ -215,7 +215,7 @@ def test_cpu_stages_run_in_warm_workers_and_gpu_stages_in_actors():
     assert not engine.Stage(Double, num_gpus=1).runs_warm
     assert not engine.Stage(Double, warm=False).runs_warm
     fused = engine.fuse([engine.Stage(Double)], like=engine.Stage(Double, warm=False))
-    assert fused.warm is False and engine._pool_name(fused) == "Double"
+    assert fused.warm is False and engine.stage_names(fused) == "Double"
     env = engine.worker_env(2, pool="A")["runtime_env"]["env_vars"]
     assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "XNER_WORKER_POOL": "A"}
 

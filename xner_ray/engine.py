@@ -13,8 +13,8 @@ Where stages run: a GPU stage in an actor pool (each actor holds its model and d
 CPU-only stage in *warm workers*: Ray tasks in worker processes that outlive the run, each
 building the stage once per run and process (:func:`_warm_call`), so a run pays no process
 start, no ``import torch``/``transformers`` and no tokenizer load once a worker has done them
-(on 2 CPUs that was ~5 s of CPU per actor and run, next to ~0.05 s in a warm worker; see
-docs/DECISIONS.md). ``Stage.warm`` overrides the choice.
+(``benchmarks/worker_startup.py``: 5.1 s of CPU cold, 0.03 s to rebuild the teacher's stages
+warm; docs/DECISIONS.md). ``Stage.warm`` overrides the choice.
 
 Whole-set decisions (top-rho selectors) also stay off the driver: :func:`exact_cutoffs` sorts
 the ranking keys with Ray Data and fetches the one block that holds the cut-off row.
@@ -173,7 +173,7 @@ def _apply_stages(ds, stages: Sequence[Stage], counter=None, token: Optional[str
                                                counter=report),
                                 compute=TaskPoolStrategy(size=s.max_actors),
                                 num_cpus=s.num_cpus, num_gpus=s.num_gpus,
-                                **worker_env(s.threads, pool=_pool_name(s)))
+                                **worker_env(s.threads, pool=stage_names(s)))
             # Ray Data's resource reservation splits the cluster evenly between a dataset's
             # operators and lets a task pool exceed its share by one task only: beside the
             # read and write operators, two 0.75-CPU teacher tasks never ran together on 2
@@ -189,19 +189,14 @@ def _apply_stages(ds, stages: Sequence[Stage], counter=None, token: Optional[str
                             batch_size=s.batch_size, batch_format="pyarrow",
                             compute=ActorPoolStrategy(min_size=s.min_actors,
                                                       max_size=s.max_actors),
-                            num_cpus=s.num_cpus, num_gpus=s.num_gpus, **thread_env(s.threads))
+                            num_cpus=s.num_cpus, num_gpus=s.num_gpus, **worker_env(s.threads))
     return ds
 
 
-def thread_env(threads: int) -> dict:
-    """Ray remote args that size an actor's OpenMP/MKL thread pools to ``threads`` (merged
-    into the job's runtime env; nothing for one thread, Ray's own default)."""
-    return worker_env(threads)
-
-
 def worker_env(threads: int, pool: Optional[str] = None) -> dict:
-    """Ray remote args for a stage's workers: OpenMP/MKL pools sized to ``threads`` (when
-    more than one; a fractional CPU request gets Ray's pool of 1) and, for warm workers, a
+    """Ray remote args for a stage's workers (merged into the job's runtime env): OpenMP/MKL
+    pools sized to ``threads`` (when more than one; nothing for one thread, Ray's own default
+    for a fractional CPU request) and, for warm workers, a
     pool name. Ray hands a task only to an idle worker started with the same runtime env, so
     the name keeps a stage's tasks in the processes that hold its imports and tokenizer
     (instead of the read and write tasks' workers, where each would start cold)."""
@@ -214,7 +209,8 @@ def worker_env(threads: int, pool: Optional[str] = None) -> dict:
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 
-def _pool_name(stage: Stage) -> str:
+def stage_names(stage: Stage) -> str:
+    """The classes a stage runs, fused ones joined by ``+`` (its warm workers' pool name)."""
     names = ([c.__name__ for c, _, _ in stage.args[0]] if stage.cls is _Chain
              else [stage.cls.__name__])
     return "+".join(names)
@@ -228,9 +224,9 @@ def _warm_call(batch, *, key: tuple, spec: tuple, counter=None):
     """One stage call in a warm worker: the stage is built at the run's first call in this
     process and kept for the run's later calls. Another run's first call here frees it (its
     model): different runs never share an instance, and a process holds one run's stages.
-    Building one in a warm process costs what the stage itself loads (the teacher: ~0.03 s
-    for the weights; the imports and the tokenizer's cache stay), so runs that interleave on
-    one worker rebuild cheaply."""
+    Building one in a warm process costs what the stage itself loads (the imports and the
+    tokenizer's cache stay; ``benchmarks/worker_startup.py``), so runs that interleave on one
+    worker rebuild cheaply."""
     stage = _WARM.get(key)
     if stage is None:
         for k in [k for k in _WARM if k[0] != key[0]]:
