@@ -13,7 +13,7 @@ Where stages run: a GPU stage in an actor pool (each actor holds its model and d
 CPU-only stage in *warm workers*: Ray tasks in worker processes that outlive the run, each
 building the stage once per run and process (:func:`_warm_call`), so a run pays no process
 start, no ``import torch``/``transformers`` and no tokenizer load once a worker has done them
-(``benchmarks/worker_startup.py``: 5.1 s of CPU cold, 0.03 s to rebuild the teacher's stages
+(``benchmarks/worker_startup.py``: 5.2 s of CPU cold, 0.03 s to rebuild the teacher's stages
 warm; docs/DECISIONS.md). ``Stage.warm`` overrides the choice.
 
 Whole-set decisions (top-rho selectors) also stay off the driver: :func:`exact_cutoffs` sorts
