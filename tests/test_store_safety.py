@@ -384,6 +384,60 @@ def test_orphan_partition_is_invisible_and_cleaned(tmp_path):
     assert not orphan.exists() and C.check_store(store) == []
 
 
+def test_drop_run_moves_one_language_then_the_whole_run(tmp_path, capsys):
+    store = Store(tmp_path, run_heartbeat_s=0.05)
+    store.record_run("r1", "label", {"a": 1})
+    NS["write_round"](store, "writer", "es")
+    NS["write_round"](store, "writer", "nl")
+    with pytest.raises(C.StoreError, match="marked running with a heartbeat"):
+        C.drop_run(store, "r1")  # its driver (this process) still beats
+    store.update_run("r1", status="failed")
+    with pytest.raises(ValueError, match="different config.*xner store drop-run --store .* --run r1"):
+        store.record_run("r1", "label", {"a": 2})
+    assert C.main(["drop-run", "--store", str(tmp_path), "--run", "r1", "--lang", "nl",
+                   "--dry-run"]) == 0
+    assert "would move _manifests/run_id=r1/lang=nl" in capsys.readouterr().out
+    assert counts(sqlshell.connect(store)) == (10, 10)  # a dry run moves nothing
+    assert C.main(["drop-run", "--store", str(tmp_path), "--run", "r1", "--lang", "nl"]) == 0
+    out = capsys.readouterr().out
+    assert "moved pseudo_labels/run_id=r1/lang=nl" in out and "runs/" not in out
+    assert counts(sqlshell.connect(store)) == (5, 5) == counts(plain_duckdb(store))  # es only
+    assert store.get_run("r1") is not None and C.check_store(store) == []
+    dest, moved = C.drop_run(store, "r1")
+    assert moved[0] == "_manifests/run_id=r1" and "runs/run_id=r1" in moved
+    assert store.run_ids() == [] and counts(sqlshell.connect(store)) == (0, 0)
+    kept = tmp_path / dest
+    assert len(list((kept / "pseudo_labels").rglob("*.parquet"))) == 3  # es's files, not deleted
+    assert (kept / "runs" / "run_id=r1" / "run.parquet").is_file()
+    assert C.check_store(store) == []
+    store.record_run("r1", "label", {"a": 2})  # the run id starts again with a new config
+    NS["write_round"](store, "writer", "es")
+    assert counts(sqlshell.connect(store)) == (5, 5)
+    with pytest.raises(C.StoreError, match=r"run 'r9' has nothing in .*recorded runs: r1"):
+        C.drop_run(store, "r9")
+    assert C.main(["drop-run", "--store", str(tmp_path), "--run", "../x"]) == 2
+    assert "xner store drop-run: error: invalid run_id" in capsys.readouterr().err
+
+
+def test_drop_run_refuses_a_live_writer(tmp_path):
+    store = Store(tmp_path)
+    NS["write_round"](store, "writer", "es")
+    prefix = store.attempt_prefix("r1", "nl", 0)  # a writer of r1 is at work on nl
+    with pytest.raises(LeaseHeld, match="run_id=r1/lang=nl/round=0"):
+        C.drop_run(store, "r1")
+    C.drop_run(store, "r1", "es")  # the other language may go
+    store.abort_round("r1", "nl", 0)
+    assert not store.exists(prefix)
+    with pytest.raises(C.StoreError, match="has nothing"):  # the abort left nothing behind
+        C.drop_run(store, "r1")
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=60)
+    write_local_atomic(store.lease_path("r1", "nl", 0), json.dumps(
+        {"holder": "gpu-7/4242/abc", "host": "gpu-7", "pid": 4242,
+         "expires_at": past.isoformat()}).encode())  # a killed writer's: it does not block
+    assert C.drop_run(store, "r1")[1] == ["_leases/run_id=r1"]
+    assert C.check_store(store) == []
+
+
 # -- runs --------------------------------------------------------------------------------------------
 def test_killed_driver_shows_stale_and_rerun_records_outcome(killed):
     store = Store(killed["run"])
@@ -486,3 +540,7 @@ def test_object_store_lease_manifest_and_quarantine(s3_store, reference):
     (problem,) = C.check_store(store)
     C.quarantine(store, problem.round_key)
     assert counts(sqlshell.connect(store)) == (5, 5)
+    dest, moved = C.drop_run(store, "r1", "nl")  # file by file on an object store
+    assert "pseudo_labels/run_id=r1/lang=nl" in moved and "_leases/run_id=r1/lang=de" not in moved
+    assert counts(sqlshell.connect(store)) == (0, 0)
+    assert store.listdir(store.path(dest, "pseudo_labels"), recursive=True)  # kept, not deleted

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from xner_ray.store.check import add_store_parser
 
-    for q in (add_sql_parser(sub), add_report_parser(sub), add_store_parser(sub)):
+    for q in (add_sql_parser(sub), add_report_parser(sub), *add_store_parser(sub)):
         _add_common(q)
     add_job_parsers(sub)
     for name in _job_names():

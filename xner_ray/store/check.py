@@ -35,6 +35,7 @@ import datetime as dt
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -43,7 +44,7 @@ import pyarrow.fs as pafs
 from xner_ray.store import schema as S
 from xner_ray.store.lease import LEASES, LeaseHeld, read_lease, stale_reason
 from xner_ray.store.store import (MANIFEST_FILE, MANIFESTS, TMP, ManifestError, Store,
-                                  StoreError, parse_round_key, utcnow)
+                                  StoreError, check_name, parse_round_key, utcnow)
 
 ERROR, WARNING = "error", "warning"
 ROUND_ERRORS = ("corrupt_manifest", "missing_files")
@@ -242,6 +243,51 @@ def clean(store: Store, problems: Sequence[Problem]) -> list[Problem]:
     return done
 
 
+def drop_run(store: Store, run_id: str, lang: Optional[str] = None, *,
+             dry_run: bool = False) -> tuple[str, list[str]]:
+    """Move a run (or one language of it) out of the store, under ``_quarantine/``: so that it
+    can start again from scratch, e.g. with a changed config (``record_run`` refuses a run id
+    whose stored config differs). Nothing is deleted; ``rm -r`` the quarantine folder to free
+    the space.
+
+    Its manifests go first (that un-commits its rounds at once), then its partition folders of
+    every round table, its leases and ``_tmp`` attempts and, for a whole run, its ``runs``
+    record (the config). Refuses while the run is alive: a round lease of it that is still
+    renewed, or a ``running`` record whose heartbeat is younger than twice the heartbeat
+    interval. Returns ``(quarantine folder, store-relative paths moved)``; ``dry_run``: the
+    paths only, nothing moved."""
+    check_name("run_id", run_id)
+    scope = f"run_id={run_id}" + (f"/lang={check_name('lang', lang)}" if lang else "")
+    what = f"run {run_id!r}" + (f" (lang {lang})" if lang else "")
+    run = store.get_run(run_id)
+    if run is not None and run["status"] == "running":
+        age = store._heartbeat_age(run)
+        if age is not None and age < 2 * store.run_heartbeat_s:
+            raise StoreError(f"{what} is marked running with a heartbeat {age:.0f} s old: stop "
+                             f"its driver first (if it was killed, retry after "
+                             f"{2 * store.run_heartbeat_s - age:.0f} s)")
+    for info in store.listdir(store.path(LEASES, scope), recursive=True):
+        if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
+            lease = read_lease(store, info.path)
+            if lease is not None and stale_reason(lease) is None:
+                raise LeaseHeld(store.rel(info.path)[len(LEASES) + 1:-len(".json")], lease,
+                                store.to_uri(info.path))
+    folders = [f"{MANIFESTS}/{scope}", *(f"{t}/{scope}" for t in S.ROUND_TABLES),
+               f"{LEASES}/{scope}", f"{TMP}/{scope}"]
+    if lang is None:
+        folders.append(store.rel(store.run_path(run_id).rsplit("/", 1)[0]))
+    found = [f for f in folders if any(i.type == pafs.FileType.File for i in
+                                       store.listdir(store.path(f), recursive=True))]
+    if not found:
+        known = ", ".join(store.run_ids()) or "none"
+        raise StoreError(f"{what} has nothing in {store} (recorded runs: {known})")
+    dest = store.quarantine_dir(f"drop-{run_id}-{uuid.uuid4().hex[:6]}")
+    if not dry_run:
+        for rel in found:  # manifests first: from here on no reader sees the rounds
+            store.move_dir(store.path(rel), f"{dest}/{rel}")
+    return store.rel(dest), found
+
+
 STORE_ENTRIES = ("_manifests", "runs", "_tmp", *S.ROUND_TABLES)
 
 
@@ -320,9 +366,24 @@ def _store_args(p: argparse.ArgumentParser) -> None:
                    help="output format (default: %(default)s)")
 
 
-def add_store_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Plug ``store check`` into the ``xner`` command's subparsers; returns the ``check``
-    parser (where the common flags go)."""
+def cmd_store_drop_run(args: argparse.Namespace) -> int:
+    """Handler of ``xner store drop-run``."""
+    check_store_path(args.store)
+    store = Store(args.store)
+    dest, moved = drop_run(store, args.run, args.lang, dry_run=args.dry_run)
+    for rel in moved:
+        print(f"{'would move' if args.dry_run else 'moved'} {rel}"
+              + ("" if args.dry_run else f" -> {dest}/{rel}"))
+    what = f"run {args.run}" + (f" (lang {args.lang})" if args.lang else "")
+    print(f"{what}: nothing moved (--dry-run)" if args.dry_run else
+          f"{what} is out of the store, kept under {store.to_uri(store.path(dest))} "
+          "(delete that folder to free the space); it can be run again from scratch")
+    return 0
+
+
+def add_store_parser(subparsers: Any) -> list[argparse.ArgumentParser]:
+    """Plug ``store check`` and ``store drop-run`` into the ``xner`` command's subparsers;
+    returns their parsers (where the common flags go)."""
     p = subparsers.add_parser("store", help="inspect and repair the store",
                               description="Inspect and repair a store.", allow_abbrev=False)
     sub = p.add_subparsers(dest="store_command", required=True)
@@ -331,18 +392,28 @@ def add_store_parser(subparsers: Any) -> argparse.ArgumentParser:
                        description=__doc__.split("\n\n")[0], allow_abbrev=False)
     _store_args(c)
     c.set_defaults(func=cmd_store_check)
-    return c
+    d = sub.add_parser("drop-run", help="move a run (or one language of it) under _quarantine/, "
+                                        "to run it again from scratch",
+                       description=drop_run.__doc__.split("\n\n")[0], allow_abbrev=False)
+    d.add_argument("--store", required=True, help="store root (folder or URI)")
+    d.add_argument("--run", required=True, help="the run id")
+    d.add_argument("--lang", help="only this language's rounds (the run's record and config "
+                                  "stay: a changed config needs the whole run dropped)")
+    d.add_argument("--dry-run", action="store_true", help="list what would move; move nothing")
+    d.set_defaults(func=cmd_store_drop_run)
+    return [c, d]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m xner_ray.store.check check --store DIR`` (the same as ``xner store check``)."""
+    """``python -m xner_ray.store.check check --store DIR`` (the same as ``xner store check``;
+    ``drop-run`` likewise)."""
     p = argparse.ArgumentParser(prog="xner", allow_abbrev=False)
     add_store_parser(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(["store", *(argv if argv is not None else sys.argv[1:])])
     try:
-        return cmd_store_check(args)
+        return args.func(args)
     except (ValueError, RuntimeError) as exc:
-        print(f"xner store check: error: {exc}", file=sys.stderr)
+        print(f"xner store {args.store_command}: error: {exc}", file=sys.stderr)
         return 2
 
 

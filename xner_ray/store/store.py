@@ -646,7 +646,9 @@ class Store:
                 diff = config_diff(json.loads(old["config"]), json.loads(config_json))
                 if diff:
                     raise ValueError(f"run {run_id!r} exists with a different config "
-                                     f"({', '.join(diff)}); use a new run id")
+                                     f"({', '.join(diff)}); use a new run id, or move the "
+                                     f"old run aside with `xner store drop-run --store "
+                                     f"{self.uri} --run {run_id}`")
                 if old["status"] == "running" and (age := self._heartbeat_age(old)) is not None \
                         and age < 2 * self.run_heartbeat_s:
                     logger.warning("run %s is marked running with a heartbeat %.0f s old: if "
