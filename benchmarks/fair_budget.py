@@ -23,7 +23,7 @@ its last round); target dev labels score the rows and choose nothing.
 
     python benchmarks/fair_budget.py --methods direct tsl --langs es nl --seeds 42 43 44
     python benchmarks/fair_budget.py --methods ikd rikd rikd_kt --seeds 42   # 3 rounds each
-    python benchmarks/fair_budget.py --methods conf agree --seeds 42    # after rikd: Table 7
+    python benchmarks/fair_budget.py --methods conf agree --seeds 42    # after rikd's round 1
     python benchmarks/fair_budget.py --methods adv --seeds 42           # AdvPicker
     python benchmarks/fair_budget.py --methods comb --langs es --seeds 42  # combined (after adv)
     python benchmarks/fair_budget.py --render                           # rewrite the .md
@@ -218,9 +218,12 @@ def count_sentences(path: Path, lang: str) -> int:
 
 
 def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: Path,
-            rows: dict, on_round=None, threads: Optional[int] = None) -> dict:
+            rows: dict, on_round=None, threads: Optional[int] = None,
+            partial: Optional[dict] = None) -> dict:
     """One (method, language, seed) row: target dev scores (+ English dev F1 of students).
-    ``on_round(rounds)``: a multi-round job's rounds so far (``rounds_of`` rows), after each."""
+    ``on_round(rounds)``: a multi-round job's rounds so far (``rounds_of`` rows), after each.
+    ``rows``/``partial``: the results file's rows and unfinished runs (the Table 7 rows read
+    RIKD's round-1 discard ratio there)."""
     from xner_ray.evaluate import evaluate_model
 
     dev = data / f"conll2002-{lang}/dev.txt"
@@ -229,6 +232,11 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
         return {"f1": round(float(r["f1"]), 6), "precision": round(float(r["precision"]), 6),
                 "recall": round(float(r["recall"]), 6),
                 "per_type": {t: round(v["f1"], 6) for t, v in sorted(r["per_type"].items())}}
+    ratio = rikd_round1_discard(rows, partial or {}, lang, seed)
+    if method in RULES and ratio is None:
+        raise SystemExit(f"{method}/{lang}/{seed} matches RIKD's round-1 discard ratio: run "
+                         f"--methods rikd --langs {lang} --seeds {seed} first (its first "
+                         "round is enough)")
     from xner_ray.methods.advpicker import AdvPickerConfig, run_advpicker
     from xner_ray.methods.rikd import RikdConfig, run_rikd
     from xner_ray.methods.tsl import TslConfig, run_tsl
@@ -270,11 +278,7 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
         return {**rounds[-1], "rounds": rounds, "student": student}
     extra = {}  # the Table 7 rule, or rikd_kt's keep target
     if method in RULES:
-        rikd = rows.get("rikd", {}).get(lang, {}).get(str(seed))
-        if rikd is None:
-            raise SystemExit(f"{method}/{lang}/{seed} matches RIKD's round-1 discard ratio: run "
-                             f"--methods rikd --langs {lang} --seeds {seed} first")
-        extra = dict(selection=RULES[method], discard_ratio=rikd["rounds"][0]["discard_ratio"])
+        extra = dict(selection=RULES[method], discard_ratio=ratio)
     if method == "rikd_kt":
         extra = dict(keep_target=round(1.0 - TABLE6_DISCARD[lang], 3))
     res = run_rikd(RikdConfig(run_id=run_id, out=str(out / run_id), teacher=str(teacher),
@@ -284,6 +288,15 @@ def run_one(method: str, lang: str, seed: int, teacher: Path, out: Path, data: P
                    round_hook(on_round, out, run_id, lang))[lang]
     rounds = rounds_of(res, label_quality(out / "store", run_id, lang))
     return {**rounds[-1], "rounds": rounds, "student": student}
+
+
+def rikd_round1_discard(rows: dict, partial: dict, lang: str, seed: int) -> Optional[float]:
+    """RIKD's average discard ratio in round 1 (what its Table 7 baselines match): from the
+    finished ``rikd`` row of (lang, seed), else from the record of a run that finished round 1
+    only (``partial``)."""
+    rikd = rows.get("rikd", {}).get(lang, {}).get(str(seed)) or \
+        partial.get(f"rikd/{lang}/{seed}")
+    return rikd["rounds"][0]["discard_ratio"] if rikd and rikd.get("rounds") else None
 
 
 def round_hook(on_round, out: Path, run_id: str, lang: str):
@@ -413,7 +426,7 @@ def main(argv=None) -> int:
                     base = teacher_f1(record, lang, data)
                     row = run_one(method, lang, seed, teacher, out, data, result["rows"],
                                   partial_recorder(result, key, meta, save, base),
-                                  args.train_threads)
+                                  args.train_threads, result.get("partial"))
                 cell[str(seed)] = {**row, "teacher_f1": base}
                 part = result.get("partial", {}).pop(key, None)  # the row supersedes them
                 earlier = resumed_rounds(part, {k: meta[k] for k in ("git_revision", "date")})

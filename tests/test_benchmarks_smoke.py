@@ -219,6 +219,21 @@ def test_fair_budget_keeps_the_rounds_of_a_run_that_stops_early():
     assert "| Iterative KD (RIKD w/o RL) | 0." not in md  # no mean row from a partial run
 
 
+def test_fair_budget_table7_rows_match_rikds_first_round():
+    """The Table 7 rows need RIKD's round-1 discard ratio only: from its finished row, else
+    from a run that stopped after round 1; without either they say what to run."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import fair_budget as fb
+
+    part = {"rikd/es/42": {"rounds": [{"round": 0, "discard_ratio": 0.61}], "of": 3}}
+    assert fb.rikd_round1_discard({}, part, "es", 42) == 0.61
+    rows = {"rikd": {"es": {"42": {"rounds": [{"discard_ratio": 0.55}, {"discard_ratio": 0.7}]}}}}
+    assert fb.rikd_round1_discard(rows, part, "es", 42) == 0.55  # the finished row first
+    assert fb.rikd_round1_discard(rows, part, "nl", 42) is None
+    with pytest.raises(SystemExit, match="--methods rikd --langs nl --seeds 43 first"):
+        fb.run_one("conf", "nl", 43, Path("t"), Path("o"), Path("d"), rows, partial=part)
+
+
 def test_fair_budget_resumed_rounds_keep_the_revision_that_trained_them():
     """A run resumed from the store reports the rounds it found again: those keep the earlier
     run's revision and date (``made_by``), a round trained anew (other F1) gets the new run's,
