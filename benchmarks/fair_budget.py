@@ -37,7 +37,8 @@ AdvPicker ~2 h per seed for its two TLADV teachers (shared by es and nl) + ~0.5 
 the combined job reuses those teachers and adds the projection (aligner, 4,000 projected verses,
 target model) and 3 RIKD rounds, ~2.5 h. Runs
 resume: a (method, language, seed) already in the results file is skipped, a RIKD run resumes at
-its last complete round. Writes ``benchmarks/results/fair_budget_cpu.{json,md}``.
+its last complete round. Writes ``benchmarks/results/fair_budget_cpu.{json,md}``
+(``fair_budget_gpu`` where torch sees a GPU: the same budget, its rows kept apart).
 """
 
 from __future__ import annotations
@@ -381,11 +382,15 @@ def main(argv=None) -> int:
     p.add_argument("--redo", action="store_true", help="run rows already in the results again")
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = p.parse_args(argv)
-    dest = Path(args.results) / "fair_budget_cpu"
+    # the CPU budget on either machine kind, each in its own file: a GPU's steps (bf16
+    # autocast) are not the CPU's (fp32) and their rows do not share a mean
+    kind = machine_kind()
+    dest = Path(args.results) / f"fair_budget_{kind}"
     result = (json.loads(dest.with_suffix(".json").read_text())
               if dest.with_suffix(".json").exists() else
-              {"benchmark": "fair_budget", "teacher_budget": TEACHER, "student": STUDENT,
-               "rounds": ROUNDS, "warmup_steps": WARMUP_STEPS, "rows": {}, "runs": {}})
+              {"benchmark": "fair_budget", "machine_kind": kind, "teacher_budget": TEACHER,
+               "student": STUDENT, "rounds": ROUNDS, "warmup_steps": WARMUP_STEPS, "rows": {},
+               "runs": {}})
     if args.render:
         dest.with_suffix(".md").write_text(markdown(result))
         return 0
@@ -525,11 +530,18 @@ def notes(v: dict) -> str:
     return "".join(f"; {name} {v[k]:{fmt}}" for k, name, fmt in NOTES if v.get(k) is not None)
 
 
+def machine_kind() -> str:
+    """``gpu`` where torch sees CUDA (Ray Train's workers then take the GPU), else ``cpu``."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
 def markdown(r: dict) -> str:
     rows = r["rows"]
     langs = [l for l in LANGS if any(l in rows.get(m, {}) for m in METHODS)]
     direct = {l: rows.get("direct", {}).get(l, {}) for l in langs}
-    lines = ["# Methods at a fair budget, over seeds (cpu)", "",
+    lines = [f"# Methods at a fair budget, over seeds ({r.get('machine_kind', 'cpu')})", "",
              "Target dev F1 (seqeval, entity level, strict IOB2, full CoNLL-2002 dev files): "
              "mean +- sample std over the seeds run (n). Unlabeled target text: the whole "
              "target train split, labels dropped. Every student takes its teacher's number of "
