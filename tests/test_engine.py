@@ -3,6 +3,7 @@ whole-set cut-offs without the rows on the driver."""
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 import numpy as np
@@ -223,15 +224,43 @@ def test_cpu_stages_run_in_warm_workers_and_gpu_stages_in_actors():
 def test_a_warm_worker_builds_a_stage_once_per_run_and_frees_the_last_runs():
     engine._WARM.clear()
     t = pa.table({"i": [1, 2]})
-    spec = (WhoAmI, (), {})
-    first = engine._warm_call(t, key=("run1", 0), spec=spec).column("inst")[0].as_py()
-    assert engine._warm_call(t, key=("run1", 0), spec=spec).column("inst")[0].as_py() == first
-    engine._warm_call(t, key=("run1", 1), spec=spec)  # a second stage of the same run
+    call = partial(engine._warm_call, spec=(WhoAmI, (), {}), idle_s=0)
+    first = call(t, key=("run1", 0)).column("inst")[0].as_py()
+    assert call(t, key=("run1", 0)).column("inst")[0].as_py() == first
+    call(t, key=("run1", 1))  # a second stage of the same run
     assert sorted(engine._WARM) == [("run1", 0), ("run1", 1)]
-    second = engine._warm_call(t, key=("run2", 0), spec=spec).column("inst")[0].as_py()
+    second = call(t, key=("run2", 0)).column("inst")[0].as_py()
     assert second != first  # never shared between runs
     assert sorted(engine._WARM) == [("run2", 0)]  # run1's stages freed
     engine._WARM.clear()
+
+
+class Slow:
+    def __call__(self, batch):
+        time.sleep(1.0)
+        return batch
+
+
+def test_an_idle_warm_worker_frees_its_stages(monkeypatch):
+    """No batch for ``idle_s``: the process drops its stages (their models), never one in the
+    middle of a call; a bad ``$XNER_WARM_IDLE_S`` is an error on the driver."""
+    engine._WARM.clear()
+    t = pa.table({"i": [1]})
+    engine._warm_call(t, key=("r", 0), spec=(Slow, (), {}), idle_s=0.2)  # 1 s > idle_s
+    assert list(engine._WARM) == [("r", 0)]  # kept through its own call
+    deadline = time.monotonic() + 15  # the reaper wakes every idle_s / 4 (10 s at most)
+    while engine._WARM and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine._WARM
+    engine._warm_call(t, key=("r", 0), spec=(Double, (), {}), idle_s=0)  # 0: kept
+    time.sleep(0.5)
+    assert list(engine._WARM) == [("r", 0)]
+    engine._WARM.clear()
+    monkeypatch.setenv("XNER_WARM_IDLE_S", "1m")
+    with pytest.raises(ValueError, match=r"XNER_WARM_IDLE_S='1m' is not a number of seconds"):
+        engine._apply_stages(None, [engine.Stage(Double)])
+    monkeypatch.setenv("XNER_WARM_IDLE_S", "5")
+    assert engine.warm_idle_s() == 5.0
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ CPU-only stage in *warm workers*: Ray tasks in worker processes that outlive the
 building the stage once per run and process (:func:`_warm_call`), so a run pays no process
 start, no ``import torch``/``transformers`` and no tokenizer load once a worker has done them
 (``benchmarks/worker_startup.py``: 5.2 s of CPU cold, 0.03 s to rebuild the teacher's stages
-warm; docs/DECISIONS.md). ``Stage.warm`` overrides the choice.
+warm; docs/DECISIONS.md); an idle one frees its stages after :func:`warm_idle_s`.
+``Stage.warm`` overrides the choice.
 
 Whole-set decisions (top-rho selectors) also stay off the driver: :func:`exact_cutoffs` sorts
 the ranking keys with Ray Data and fetches the one block that holds the cut-off row.
@@ -165,12 +166,13 @@ def _apply_stages(ds, stages: Sequence[Stage], counter=None, token: Optional[str
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     token = token or uuid.uuid4().hex
+    idle_s = warm_idle_s() if any(s.runs_warm for s in stages) else 0.0  # checked here
     for i, s in enumerate(stages):
         report = counter if i == len(stages) - 1 else None
         if s.runs_warm:
             ds = ds.map_batches(_warm_call, batch_size=s.batch_size, batch_format="pyarrow",
                                 fn_kwargs=dict(key=(token, i), spec=(s.cls, s.args, s.kwargs),
-                                               counter=report),
+                                               counter=report, idle_s=idle_s),
                                 compute=TaskPoolStrategy(size=s.max_actors),
                                 num_cpus=s.num_cpus, num_gpus=s.num_gpus,
                                 **worker_env(s.threads, pool=stage_names(s)))
@@ -218,22 +220,80 @@ def stage_names(stage: Stage) -> str:
 
 # per worker process: {(run token, stage index): stage}, one run's (see _warm_call)
 _WARM: dict = {}
+_WARM_STATE = {"last": 0.0, "busy": 0, "reaper": None, "lock": None, "idle_s": 0.0}
+WARM_IDLE_ENV = "XNER_WARM_IDLE_S"
+DEFAULT_WARM_IDLE_S = 60.0
 
 
-def _warm_call(batch, *, key: tuple, spec: tuple, counter=None):
+def warm_idle_s() -> float:
+    """How long a warm worker keeps its stages after its last batch (``$XNER_WARM_IDLE_S``,
+    default 60 s; 0 or less: until the next run's first call there)."""
+    import os
+
+    text = os.environ.get(WARM_IDLE_ENV, "")
+    try:
+        return float(text) if text else DEFAULT_WARM_IDLE_S
+    except ValueError:
+        raise ValueError(f"${WARM_IDLE_ENV}={text!r} is not a number of seconds") from None
+
+
+def _warm_reaper() -> None:
+    """Free this process's stages (their models) once no batch came for the last run's
+    :func:`warm_idle_s`: idle workers stay alive for the next run's imports and tokenizer
+    cache, but must not hold a model each while the node trains. The process keeps everything
+    else it imported."""
+    import gc
+    import time
+
+    lock = _WARM_STATE["lock"]
+    while True:
+        idle_s = _WARM_STATE["idle_s"]
+        time.sleep(min(max(idle_s / 4, 0.05), 10.0) if idle_s > 0 else 10.0)
+        with lock:
+            if idle_s <= 0 or not _WARM or _WARM_STATE["busy"] or \
+                    time.monotonic() - _WARM_STATE["last"] <= idle_s:
+                continue
+            _WARM.clear()
+        gc.collect()
+
+
+def _warm_call(batch, *, key: tuple, spec: tuple, counter=None,
+               idle_s: float = DEFAULT_WARM_IDLE_S):
     """One stage call in a warm worker: the stage is built at the run's first call in this
     process and kept for the run's later calls. Another run's first call here frees it (its
-    model): different runs never share an instance, and a process holds one run's stages.
-    Building one in a warm process costs what the stage itself loads (the imports and the
-    tokenizer's cache stay; ``benchmarks/worker_startup.py``), so runs that interleave on one
-    worker rebuild cheaply."""
-    stage = _WARM.get(key)
-    if stage is None:
-        for k in [k for k in _WARM if k[0] != key[0]]:
-            del _WARM[k]
-        cls, args, kwargs = spec
-        stage = _WARM[key] = cls(*args, **kwargs)
-    out = stage(batch)
+    model), as does no call for ``idle_s`` (the driver's :func:`warm_idle_s`): different runs
+    never share an instance, and a process holds one run's stages at most. Building one in a
+    warm process costs what the stage itself loads (the imports and the tokenizer's cache
+    stay; ``benchmarks/worker_startup.py``), so runs that interleave on one worker rebuild
+    cheaply."""
+    import threading
+    import time
+
+    if _WARM_STATE["lock"] is None:
+        _WARM_STATE["lock"] = threading.Lock()
+    _WARM_STATE["idle_s"] = idle_s
+    if _WARM_STATE["reaper"] is None and idle_s > 0:
+        _WARM_STATE["reaper"] = threading.Thread(target=_warm_reaper, daemon=True,
+                                                 name="xner-warm-reaper")
+        _WARM_STATE["reaper"].start()
+    lock = _WARM_STATE["lock"]
+    with lock:
+        _WARM_STATE["busy"] += 1
+        stage = _WARM.get(key)
+        if stage is None:
+            for k in [k for k in _WARM if k[0] != key[0]]:
+                del _WARM[k]
+    try:
+        if stage is None:
+            cls, args, kwargs = spec
+            stage = cls(*args, **kwargs)
+            with lock:
+                _WARM[key] = stage
+        out = stage(batch)
+    finally:
+        with lock:
+            _WARM_STATE["busy"] -= 1
+            _WARM_STATE["last"] = time.monotonic()
     if counter is not None:
         counter.add.remote(key[0], batch.num_rows)
     return out
