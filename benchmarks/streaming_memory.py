@@ -262,13 +262,14 @@ def _change(before, after) -> float:
 def start_ray(store_bytes: int) -> dict:
     import ray
 
+    from xner_ray.cluster import init_ray
+
     t0 = time.perf_counter()
-    ctx = ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=store_bytes,
-             include_dashboard=False, log_to_driver=True, logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    # the product's private cluster (its worker limits, quiet Ray Data), with a small store
+    init_ray(num_cpus=os.cpu_count(), object_store_memory=store_bytes)
     res = ray.cluster_resources()
     return {"init_s": round(time.perf_counter() - t0, 2), "cpus": res.get("CPU"),
-            "gcs_address": ctx.address_info["gcs_address"],
+            "gcs_address": ray.get_runtime_context().gcs_address,
             "object_store_bytes": int(res.get("object_store_memory", store_bytes))}
 
 

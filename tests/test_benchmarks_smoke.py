@@ -392,3 +392,19 @@ def test_worker_startup_times_each_cold_step_and_the_warm_rebuild(tmp_path):
     assert list(r["steps"]) == list(ws.STEPS)
     assert all(v["cpu_s"] >= 0 and v["wall_s"] > 0 for v in r["steps"].values())
     assert r["warm_cpu_s"] < r["cold_cpu_s"]
+
+
+@pytest.mark.slow
+def test_streaming_memory_samples_a_small_run(ray_cluster, tmp_path):
+    """``benchmarks/streaming_memory.py`` on a few thousand sentences, on the tests' cluster
+    (its ``init_ray`` joins the one that is up): every sentence reaches the store and the
+    samples follow the run to 100%."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import streaming_memory as sm
+
+    assert sm.main(["--sentences", "3000", "--interval", "0.2", "--rows-per-file", "1000",
+                    "--tmp", str(tmp_path), "--results", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "streaming_memory.json").read_text())
+    assert r["corpus"]["sentences"] == 3000 and r["run"]["sentences"] == 3000
+    assert set(r["at_progress"]) >= {"25%", "100%"} and r["samples"]
+    assert "streaming" in (tmp_path / "streaming_memory.md").read_text().lower()

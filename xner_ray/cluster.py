@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
-             quiet: bool = True) -> None:
+             object_store_memory: Optional[int] = None, quiet: bool = True) -> None:
     """Join the cluster at ``address`` / ``$RAY_ADDRESS`` or start a local one in-process.
 
     ``quiet`` keeps Ray's own console output to what a user acts on: Ray's driver logs at
@@ -26,7 +26,8 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     and Ray Train's print patch off (it logs every worker ``print`` a second time). A private
     local cluster also filters Ray Train's State-API polling warning in its workers (see
     :mod:`xner_ray.logs`): it has no dashboard, which would cost ~10 processes and ~1 GB to
-    serve a check that matters only on a long-lived cluster.
+    serve a check that matters only on a long-lived cluster. ``num_cpus`` and
+    ``object_store_memory`` (bytes) size a private cluster only.
     """
     import ray
 
@@ -52,8 +53,8 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         runtime_env = {"worker_process_setup_hook": "xner_ray.logs.quiet_ray_worker"} \
             if quiet else None
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 runtime_env=runtime_env, _system_config=local_system_config(num_cpus),
-                 **kwargs)
+                 object_store_memory=object_store_memory, runtime_env=runtime_env,
+                 _system_config=local_system_config(num_cpus), **kwargs)
     if quiet:
         logs.quiet_ray_data()
     check_workers()
