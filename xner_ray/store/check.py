@@ -394,7 +394,11 @@ def add_store_parser(subparsers: Any) -> list[argparse.ArgumentParser]:
     c.set_defaults(func=cmd_store_check)
     d = sub.add_parser("drop-run", help="move a run (or one language of it) under _quarantine/, "
                                         "to run it again from scratch",
-                       description=drop_run.__doc__.split("\n\n")[0], allow_abbrev=False)
+                       description="Move a run (or one language of it) under _quarantine/ "
+                                   "(nothing is deleted), so that it can start again from "
+                                   "scratch, e.g. with a changed config. Refuses while its "
+                                   "driver or one of its writers is alive.",
+                       allow_abbrev=False)
     d.add_argument("--store", required=True, help="store root (folder or URI)")
     d.add_argument("--run", required=True, help="the run id")
     d.add_argument("--lang", help="only this language's rounds (the run's record and config "
