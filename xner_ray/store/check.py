@@ -266,12 +266,9 @@ def drop_run(store: Store, run_id: str, lang: Optional[str] = None, *,
             raise StoreError(f"{what} is marked running with a heartbeat {age:.0f} s old: stop "
                              f"its driver first (if it was killed, retry after "
                              f"{2 * store.run_heartbeat_s - age:.0f} s)")
-    for info in store.listdir(store.path(LEASES, scope), recursive=True):
-        if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
-            lease = read_lease(store, info.path)
-            if lease is not None and stale_reason(lease) is None:
-                raise LeaseHeld(store.rel(info.path)[len(LEASES) + 1:-len(".json")], lease,
-                                store.to_uri(info.path))
+    for key, lease in _live_leases(store, []).items():
+        if key.startswith(scope + "/"):
+            raise LeaseHeld(key, lease, store.to_uri(store.path(LEASES, key + ".json")))
     folders = [f"{MANIFESTS}/{scope}", *(f"{t}/{scope}" for t in S.ROUND_TABLES),
                f"{LEASES}/{scope}", f"{TMP}/{scope}"]
     if lang is None:
